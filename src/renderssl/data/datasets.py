@@ -1,0 +1,351 @@
+"""Torch Datasets over in-memory scenes, each yielding one sample type (a dict of tensors).
+
+Sources: every Dataset takes a list whose items are either the objects themselves (``ViewSet`` /
+``PointCloud``) or zero-argument loader callables returning one (e.g.
+``functools.partial(read_scannet, path)``). Loaders are resolved on demand and the last
+``cache_size`` results are kept (per DataLoader worker). Datasets indexed by frame need each scene's
+length up front: pass ``lengths`` to avoid loading every scene once at construction.
+
+Sample types (shapes per sample; ``collate_*`` adds a leading batch dim B):
+
+``ImageDataset`` -> ``collate_stacked``
+    image (3, H, W) float32 [0, 1]; label () int64 (when labels exist)
+``RGBDFrameDataset`` -> ``collate_stacked``
+    rgb (3, H, W); depth (1, H, W) metres, 0 = invalid; K (3, 3) pixels; c2w (4, 4) OpenCV;
+    semantic, instance (H, W) int64 -1 = ignore (when the scene has them); scene, frame (str);
+    scene_index, frame_index () int64
+``MultiViewDataset`` -> ``collate_stacked``
+    rgb (V, 3, H, W); depth (V, 1, H, W); K (V, 3, 3); c2w (V, 4, 4); semantic, instance (V, H, W)
+    (when present); view_ids (V,) int64 (index 0 = the reference view); scene (str); scene_index ()
+``PointCloudDataset`` -> ``collate_points``
+    points (N, 3) float32; colors (N, 3) [0, 1], normals (N, 3), semantic, instance (N,) int64 (when
+    present); name (str). Batched by concatenation: (sum N, ...) plus ``offset`` (B,) = cumulative
+    point counts (end index of each cloud) and ``batch`` (sum N,) = cloud index of each point.
+
+Batches of label maps where only some samples carry labels are filled with -1 (ignore). Randomness
+(view selection) comes from a per-sample generator seeded by (seed, epoch, index): no global RNG.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from .formats.image_folder import ImageFolder, read_image_folder
+from .formats.images import resize_rgb
+from .types import PointCloud, ViewSet
+
+LABEL_KEYS = ("semantic", "instance", "label")
+
+
+# ---- sources --------------------------------------------------------------------------------------
+class SceneList:
+    """A list of objects or loader callables; ``scenes[i]`` resolves and caches (LRU) the i-th."""
+
+    def __init__(self, items: Sequence, kind: type, cache_size: int = 2):
+        if isinstance(items, (ViewSet, PointCloud)) or callable(items):
+            items = [items]
+        self.items, self.kind, self.cache_size = list(items), kind, max(1, int(cache_size))
+        if not self.items:
+            raise InputError(f"{kind.__name__} source list is empty")
+        for i, item in enumerate(self.items):
+            if not isinstance(item, kind) and not callable(item):
+                raise InputError(f"source {i}: expected a {kind.__name__} or a loader callable, got {type(item).__name__}")
+        self._cache: OrderedDict[int, object] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        if isinstance(item, self.kind):
+            return item
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        obj = item()
+        if not isinstance(obj, self.kind):
+            raise InputError(f"source {i}: loader returned {type(obj).__name__}, expected {self.kind.__name__}")
+        self._cache[i] = obj
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return obj
+
+    def lengths(self, given: Sequence[int] | None = None) -> list[int]:
+        if given is not None:
+            if len(given) != len(self):
+                raise InputError(f"lengths has {len(given)} entries for {len(self)} sources")
+            return [int(n) for n in given]
+        return [len(self[i]) for i in range(len(self))]
+
+
+class FrameIndex:
+    """Flat index over (scene, frame) pairs."""
+
+    def __init__(self, lengths: list[int]):
+        self.offsets = torch.cumsum(torch.tensor([0] + lengths), 0)  # (S + 1,)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, idx: int) -> tuple[int, int]:
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for {len(self)} frames")
+        scene = int(torch.searchsorted(self.offsets, torch.tensor(idx), right=True)) - 1
+        return scene, idx - int(self.offsets[scene])
+
+
+def sample_generator(seed: int, epoch: int, idx: int) -> torch.Generator:
+    """A generator that is a pure function of (seed, epoch, sample index)."""
+    mixed = ((int(seed) * 1_000_003 + int(epoch)) * 1_000_033 + int(idx)) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def depth_or_zeros(vs: ViewSet, idx, require: bool, where: str) -> Tensor:
+    """(..., 1, H, W) depth of views ``idx``; zeros (all invalid) when the scene has none and not required."""
+    if vs.depth is not None:
+        return vs.depth[idx]
+    if require:
+        raise InputError(f"{where}: scene {vs.name!r} has no depth (require_depth=True)")
+    return torch.zeros_like(vs.rgb[idx][..., :1, :, :])
+
+
+# ---- images ---------------------------------------------------------------------------------------
+class ImageDataset(Dataset):
+    """Single images: from an image folder (path or :class:`ImageFolder`; label = class index) or from
+    the rgb of ViewSets (label = ``labels[scene]`` when given). ``size=(H, W)`` resizes every image
+    (antialiased bilinear) so batches stack; without it images of different sizes cannot be batched."""
+
+    def __init__(self, source, labels: Sequence[int] | None = None, size: tuple[int, int] | None = None,
+                 lengths: Sequence[int] | None = None, cache_size: int = 2):
+        self.size = tuple(size) if size is not None else None
+        if isinstance(source, (str, Path)):
+            source = read_image_folder(source)
+        if isinstance(source, ImageFolder):
+            self.folder, self.scenes, self.class_names = source, None, list(source.class_names)
+            if labels is not None:
+                raise InputError("ImageDataset: labels come from the folder names; do not pass labels")
+            self.labels = None
+        else:
+            self.folder, self.scenes, self.class_names = None, SceneList(source, ViewSet, cache_size), []
+            if labels is not None and len(labels) != len(self.scenes):
+                raise InputError(f"ImageDataset: {len(labels)} labels for {len(self.scenes)} scenes")
+            self.labels = None if labels is None else [int(x) for x in labels]
+            self.index = FrameIndex(self.scenes.lengths(lengths))
+
+    def __len__(self) -> int:
+        return len(self.folder) if self.folder is not None else len(self.index)
+
+    def __getitem__(self, idx: int) -> dict:
+        if self.folder is not None:
+            image, label = self.folder[idx]  # (3, H, W), int
+        else:
+            scene, frame = self.index.locate(idx)
+            image = self.scenes[scene].rgb[frame]  # (3, H, W)
+            label = None if self.labels is None else self.labels[scene]
+        if self.size is not None:
+            image = resize_rgb(image, self.size[1], self.size[0])  # (3, h, w)
+        sample = {"image": image.float()}
+        if label is not None:
+            sample["label"] = torch.tensor(label, dtype=torch.int64)
+        return sample
+
+
+# ---- RGB-D frames ---------------------------------------------------------------------------------
+class RGBDFrameDataset(Dataset):
+    """Every frame of every scene as one RGB-D sample (keys in the module docstring)."""
+
+    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_size: int = 2):
+        self.scenes = SceneList(scenes, ViewSet, cache_size)
+        self.require_depth = require_depth
+        self.index = FrameIndex(self.scenes.lengths(lengths))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx: int) -> dict:
+        scene, frame = self.index.locate(idx)
+        vs = self.scenes[scene]
+        sample = {
+            "rgb": vs.rgb[frame].float(),  # (3, H, W)
+            "depth": depth_or_zeros(vs, frame, self.require_depth, "RGBDFrameDataset").float(),  # (1, H, W)
+            "K": vs.K[frame].float(),  # (3, 3)
+            "c2w": vs.c2w[frame].float(),  # (4, 4)
+            "scene": vs.name,
+            "frame": vs.frame_names[frame],
+            "scene_index": torch.tensor(scene, dtype=torch.int64),
+            "frame_index": torch.tensor(frame, dtype=torch.int64),
+        }
+        for key in ("semantic", "instance"):
+            if getattr(vs, key) is not None:
+                sample[key] = getattr(vs, key)[frame].long()  # (H, W)
+        return sample
+
+
+# ---- multi-view -----------------------------------------------------------------------------------
+def select_overlapping_views(c2w: Tensor, num_views: int, generator: torch.Generator, pool: int | None = None) -> Tensor:
+    """(num_views,) view indices: a random reference view, then ``num_views - 1`` views drawn at random
+    from the ``pool`` (default 2 (num_views - 1)) views closest to it by a pose score
+
+        score = |c_i - c_ref| / median pairwise centre distance + (1 - cos angle between optical axes),
+
+    which favours nearby cameras looking the same way (i.e. overlapping views). c2w: (N, 4, 4) OpenCV.
+    """
+    N = c2w.shape[0]
+    ref = int(torch.randint(N, (1,), generator=generator))
+    if num_views == 1:
+        return torch.tensor([ref])
+    centres, axes = c2w[:, :3, 3].double(), c2w[:, :3, 2].double()  # (N, 3) centres, (N, 3) forward
+    dist = (centres - centres[ref]).norm(dim=-1)  # (N,)
+    pairwise = torch.cdist(centres, centres)  # (N, N)
+    scale = pairwise[pairwise > 0].median() if bool((pairwise > 0).any()) else torch.tensor(1.0, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(axes, axes[ref : ref + 1], dim=-1)  # (N,)
+    score = dist / scale + (1.0 - cos)  # (N,)
+    score[ref] = float("inf")
+    order = torch.argsort(score)[: N - 1]  # (N - 1,) others, best first
+    pool = min(N - 1, pool if pool is not None else 2 * (num_views - 1))
+    picks = order[:pool][torch.randperm(pool, generator=generator)[: num_views - 1]]  # (num_views - 1,)
+    picks = picks[torch.argsort(score[picks])]
+    return torch.cat([torch.tensor([ref]), picks])
+
+
+class MultiViewDataset(Dataset):
+    """``num_views`` overlapping views of one scene per sample (``samples_per_scene`` samples per scene).
+
+    Views are chosen by :func:`select_overlapping_views` with a generator seeded by (seed, epoch, index),
+    so a sample is a pure function of its index; call :meth:`set_epoch` to draw new views each epoch.
+    """
+
+    def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
+                 pool: int | None = None, require_depth: bool = False, cache_size: int = 2):
+        if num_views < 1 or samples_per_scene < 1:
+            raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1, got {num_views}, {samples_per_scene}")
+        self.scenes = SceneList(scenes, ViewSet, cache_size)
+        self.num_views, self.samples_per_scene, self.seed, self.pool = num_views, samples_per_scene, seed, pool
+        self.require_depth, self.epoch = require_depth, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.scenes) * self.samples_per_scene
+
+    def __getitem__(self, idx: int) -> dict:
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for {len(self)} samples")
+        scene = idx // self.samples_per_scene
+        vs = self.scenes[scene]
+        if len(vs) < self.num_views:
+            raise InputError(f"MultiViewDataset: scene {vs.name!r} has {len(vs)} views, fewer than num_views={self.num_views}")
+        ids = select_overlapping_views(vs.c2w, self.num_views, sample_generator(self.seed, self.epoch, idx), self.pool)  # (V,)
+        sample = {
+            "rgb": vs.rgb[ids].float(),  # (V, 3, H, W)
+            "depth": depth_or_zeros(vs, ids, self.require_depth, "MultiViewDataset").float(),  # (V, 1, H, W)
+            "K": vs.K[ids].float(),  # (V, 3, 3)
+            "c2w": vs.c2w[ids].float(),  # (V, 4, 4)
+            "view_ids": ids.long(),  # (V,)
+            "scene": vs.name,
+            "scene_index": torch.tensor(scene, dtype=torch.int64),
+        }
+        for key in ("semantic", "instance"):
+            if getattr(vs, key) is not None:
+                sample[key] = getattr(vs, key)[ids].long()  # (V, H, W)
+        return sample
+
+
+# ---- point clouds ---------------------------------------------------------------------------------
+class PointCloudDataset(Dataset):
+    """One point cloud per sample (keys in the module docstring); batch with :func:`collate_points`.
+
+    ``transform``: optional callable sample dict -> sample dict (e.g. augmentation with its own seeded
+    generator)."""
+
+    def __init__(self, clouds, transform: Callable[[dict], dict] | None = None, cache_size: int = 2):
+        self.clouds = SceneList(clouds, PointCloud, cache_size)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.clouds)
+
+    def __getitem__(self, idx: int) -> dict:
+        pc = self.clouds[idx]
+        if len(pc) == 0:
+            raise InputError(f"PointCloudDataset: cloud {idx} ({pc.name!r}) is empty")
+        sample = {"points": pc.points.float(), "name": pc.name}  # (N, 3)
+        for key in ("colors", "normals"):
+            if getattr(pc, key) is not None:
+                sample[key] = getattr(pc, key).float()  # (N, 3)
+        for key in ("semantic", "instance"):
+            if getattr(pc, key) is not None:
+                sample[key] = getattr(pc, key).long()  # (N,)
+        return self.transform(sample) if self.transform is not None else sample
+
+
+# ---- collate --------------------------------------------------------------------------------------
+def label_fill_shape(sample: dict) -> tuple[int, ...]:
+    """The shape of a missing label entry of ``sample``: (…, H, W) for images, (N,) for points."""
+    if "rgb" in sample:
+        return tuple(sample["rgb"].shape[:-3]) + tuple(sample["rgb"].shape[-2:])
+    if "image" in sample:
+        return ()  # a missing class label
+    return (sample["points"].shape[0],)
+
+
+def fill_missing_labels(samples: list[dict]) -> list[dict]:
+    """Add -1 (ignore) label entries where only some samples carry a label key; other keys must agree."""
+    keys = set().union(*samples)
+    out = []
+    for i, s in enumerate(samples):
+        missing = keys - set(s)
+        bad = [k for k in missing if k not in LABEL_KEYS]
+        if bad:
+            raise InputError(f"collate: sample {i} lacks {sorted(bad)} that other samples in the batch have")
+        s = dict(s)
+        for k in missing:
+            s[k] = torch.full(label_fill_shape(s), -1, dtype=torch.int64)
+        out.append(s)
+    return out
+
+
+def collate_stacked(samples: list[dict]) -> dict:
+    """Stack samples of ImageDataset / RGBDFrameDataset / MultiViewDataset along a new batch dim;
+    strings become lists. Different shapes raise an :class:`InputError` naming the key."""
+    if not samples:
+        raise InputError("collate: empty batch")
+    samples = fill_missing_labels(samples)
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise InputError(
+                    f"collate: '{key}' has different shapes in one batch {sorted(shapes)}; "
+                    "resize (ImageDataset(size=...)) or batch scenes of one image size"
+                )
+            batch[key] = torch.stack(values)  # (B, ...)
+        else:
+            batch[key] = values
+    return batch
+
+
+def collate_points(samples: list[dict]) -> dict:
+    """Concatenate point-cloud samples: per-point keys (sum N, ...), ``offset`` (B,) cumulative counts,
+    ``batch`` (sum N,) cloud index per point, string keys as lists."""
+    if not samples:
+        raise InputError("collate: empty batch")
+    samples = fill_missing_labels(samples)
+    counts = torch.tensor([s["points"].shape[0] for s in samples], dtype=torch.int64)  # (B,)
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = torch.cat(values) if isinstance(values[0], Tensor) else values  # (sum N, ...)
+    batch["offset"] = torch.cumsum(counts, 0)  # (B,)
+    batch["batch"] = torch.repeat_interleave(torch.arange(len(samples)), counts)  # (sum N,)
+    return batch

@@ -1,0 +1,167 @@
+"""Datasets: sample keys, shapes and dtypes; collate functions; seeded view selection; loaders."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from renderssl.data.datasets import (
+    ImageDataset, MultiViewDataset, PointCloudDataset, RGBDFrameDataset, collate_points, collate_stacked,
+    select_overlapping_views,
+)
+from renderssl.data.formats import read_scannet, write_image_folder, write_scannet
+from renderssl.data.types import PointCloud, ViewSet
+from renderssl.errors import InputError
+from renderssl.geometry import intrinsics_matrix
+
+
+def line_viewset(V=5, H=6, W=8, seed=0, labels=True, depth=True, name="s") -> ViewSet:
+    """Cameras on the x axis at x = 0..V-1, all looking down +z (OpenCV)."""
+    g = torch.Generator().manual_seed(seed)
+    c2w = torch.eye(4).repeat(V, 1, 1)
+    c2w[:, 0, 3] = torch.arange(V, dtype=torch.float32)
+    return ViewSet(
+        rgb=torch.rand(V, 3, H, W, generator=g),
+        K=intrinsics_matrix(10.0, 10.0, W / 2, H / 2).expand(V, 3, 3).clone(),
+        c2w=c2w,
+        depth=torch.rand(V, 1, H, W, generator=g) + 1 if depth else None,
+        semantic=torch.randint(-1, 4, (V, H, W), generator=g) if labels else None,
+        instance=torch.randint(-1, 9, (V, H, W), generator=g) if labels else None,
+        name=name,
+    )
+
+
+# ---- RGB-D frames ---------------------------------------------------------------------------------
+def test_rgbd_frame_samples_and_collate():
+    scenes = [line_viewset(3, name="a"), line_viewset(2, labels=False, name="b")]
+    ds = RGBDFrameDataset(scenes)
+    assert len(ds) == 5
+    s = ds[4]  # scene b, frame 1
+    assert s["rgb"].shape == (3, 6, 8) and s["rgb"].dtype == torch.float32
+    assert s["depth"].shape == (1, 6, 8) and s["K"].shape == (3, 3) and s["c2w"].shape == (4, 4)
+    assert s["scene"] == "b" and s["frame"] == "000001" and int(s["frame_index"]) == 1 and "semantic" not in s
+    torch.testing.assert_close(s["c2w"], scenes[1].c2w[1])
+    batch = collate_stacked([ds[i] for i in (0, 2, 4)])
+    assert batch["rgb"].shape == (3, 3, 6, 8) and batch["depth"].shape == (3, 1, 6, 8)
+    assert batch["K"].shape == (3, 3, 3) and batch["c2w"].shape == (3, 4, 4)
+    assert batch["semantic"].shape == (3, 6, 8) and batch["semantic"].dtype == torch.int64
+    assert bool((batch["semantic"][2] == -1).all())  # scene b has no labels: ignore
+    torch.testing.assert_close(batch["semantic"][1], scenes[0].semantic[2])
+    assert batch["scene"] == ["a", "a", "b"] and batch["frame_index"].tolist() == [0, 2, 1]
+
+
+def test_rgbd_frames_from_loaders_and_dataloader(tmp_path):
+    write_scannet(line_viewset(3, H=4, W=4), tmp_path / "s0")
+    write_scannet(line_viewset(2, H=4, W=4), tmp_path / "s1")
+    calls = []
+
+    def load(path):
+        calls.append(path.name)
+        return read_scannet(path)
+
+    ds = RGBDFrameDataset([functools.partial(load, tmp_path / n) for n in ("s0", "s1")], lengths=[3, 2], cache_size=1)
+    assert len(ds) == 5 and calls == []  # lengths given: nothing loaded yet
+    batches = list(DataLoader(ds, batch_size=2, collate_fn=collate_stacked))
+    assert [b["rgb"].shape[0] for b in batches] == [2, 2, 1] and batches[0]["semantic"].shape == (2, 4, 4)
+    assert calls == ["s0", "s1"]  # sequential access: each scene loaded once with an LRU of one
+    with pytest.raises(InputError, match="has no depth"):
+        RGBDFrameDataset([line_viewset(2, depth=False, name="nodepth")])[0]
+    assert float(RGBDFrameDataset([line_viewset(2, depth=False)], require_depth=False)[1]["depth"].abs().sum()) == 0
+    with pytest.raises(InputError, match="loader returned PointCloud"):
+        RGBDFrameDataset([lambda: PointCloud(torch.zeros(1, 3))])
+
+
+def test_collate_rejects_mixed_sizes():
+    ds = RGBDFrameDataset([line_viewset(1, H=6, W=8), line_viewset(1, H=4, W=8)])
+    with pytest.raises(InputError, match=r"'rgb' has different shapes"):
+        collate_stacked([ds[0], ds[1]])
+
+
+# ---- multi-view -----------------------------------------------------------------------------------
+def test_multiview_sample_shapes_and_determinism():
+    scenes = [line_viewset(6, name="a"), line_viewset(4, labels=False, name="b")]
+    ds = MultiViewDataset(scenes, num_views=3, samples_per_scene=4, seed=7)
+    assert len(ds) == 8
+    s = ds[5]
+    assert s["rgb"].shape == (3, 3, 6, 8) and s["depth"].shape == (3, 1, 6, 8)
+    assert s["K"].shape == (3, 3, 3) and s["c2w"].shape == (3, 4, 4) and s["scene"] == "b"
+    assert s["view_ids"].dtype == torch.int64 and len(set(s["view_ids"].tolist())) == 3
+    torch.testing.assert_close(s["c2w"], scenes[1].c2w[s["view_ids"]])
+    assert torch.equal(ds[5]["view_ids"], s["view_ids"])  # pure function of (seed, epoch, index)
+    again = MultiViewDataset(scenes, num_views=3, samples_per_scene=4, seed=7)
+    assert all(torch.equal(ds[i]["view_ids"], again[i]["view_ids"]) for i in range(8))
+    other = MultiViewDataset(scenes, num_views=3, samples_per_scene=4, seed=8)
+    assert any(not torch.equal(ds[i]["view_ids"], other[i]["view_ids"]) for i in range(8))
+    ids_before = [ds[i]["view_ids"] for i in range(8)]
+    ds.set_epoch(1)
+    assert any(not torch.equal(ids_before[i], ds[i]["view_ids"]) for i in range(8))
+    batch = collate_stacked([ds[0], ds[1]])
+    assert batch["rgb"].shape == (2, 3, 3, 6, 8) and batch["semantic"].shape == (2, 3, 6, 8)
+    assert batch["view_ids"].shape == (2, 3) and batch["c2w"].shape == (2, 3, 4, 4)
+
+
+def test_view_selection_prefers_overlapping_cameras():
+    c2w = line_viewset(8).c2w.clone()
+    c2w[7, :3, :3] = torch.diag(torch.tensor([-1.0, 1.0, -1.0]))  # camera 7 looks down -z: no overlap
+    for seed in range(20):
+        ids = select_overlapping_views(c2w, 2, torch.Generator().manual_seed(seed), pool=1)
+        ref, other = ids.tolist()
+        if ref != 7:
+            assert other != 7
+            dists = (c2w[:7, 0, 3] - c2w[ref, 0, 3]).abs()
+            dists[ref] = float("inf")
+            assert abs(float(c2w[other, 0, 3] - c2w[ref, 0, 3])) == float(dists.min())  # a nearest neighbour
+    ids = select_overlapping_views(c2w, 4, torch.Generator().manual_seed(0))
+    assert ids.shape == (4,) and len(set(ids.tolist())) == 4
+
+
+def test_multiview_too_few_views():
+    with pytest.raises(InputError, match="'tiny' has 2 views, fewer than num_views=3"):
+        MultiViewDataset([line_viewset(2, name="tiny")], num_views=3)[0]
+
+
+# ---- images ---------------------------------------------------------------------------------------
+def test_image_dataset_from_folder_and_viewsets(tmp_path):
+    imgs = [torch.rand(3, 6, 8), torch.rand(3, 5, 7), torch.rand(3, 6, 8)]
+    write_image_folder(imgs, [0, 1, 1], ["x", "y"], tmp_path / "f")
+    ds = ImageDataset(tmp_path / "f")
+    assert len(ds) == 3 and ds.class_names == ["x", "y"]
+    assert ds[1]["label"].dtype == torch.int64 and int(ds[1]["label"]) == 1 and ds[1]["image"].shape == (3, 5, 7)
+    with pytest.raises(InputError, match="different shapes"):
+        collate_stacked([ds[0], ds[1]])
+    batch = collate_stacked([ImageDataset(tmp_path / "f", size=(4, 4))[i] for i in range(3)])
+    assert batch["image"].shape == (3, 3, 4, 4) and batch["label"].tolist() == [0, 1, 1]
+    vds = ImageDataset([line_viewset(3), line_viewset(2)], labels=[5, 6])
+    assert len(vds) == 5 and int(vds[3]["label"]) == 6 and vds[3]["image"].shape == (3, 6, 8)
+    assert "label" not in ImageDataset([line_viewset(2)])[0]
+
+
+# ---- point clouds ---------------------------------------------------------------------------------
+def cloud(N, seed, labels=True):
+    g = torch.Generator().manual_seed(seed)
+    return PointCloud(torch.randn(N, 3, generator=g), torch.rand(N, 3, generator=g),
+                      torch.nn.functional.normalize(torch.randn(N, 3, generator=g), dim=-1),
+                      torch.randint(0, 5, (N,), generator=g) if labels else None, None, name=f"c{seed}")
+
+
+def test_point_cloud_collate_offsets():
+    clouds = [cloud(5, 0), cloud(3, 1, labels=False), lambda: cloud(7, 2)]
+    ds = PointCloudDataset(clouds)
+    s = ds[0]
+    assert s["points"].shape == (5, 3) and s["colors"].shape == (5, 3) and s["normals"].shape == (5, 3)
+    assert s["semantic"].shape == (5,) and s["semantic"].dtype == torch.int64 and "instance" not in s
+    batch = collate_points([ds[i] for i in range(3)])
+    assert batch["points"].shape == (15, 3) and batch["colors"].shape == (15, 3)
+    assert batch["offset"].tolist() == [5, 8, 15] and batch["offset"].dtype == torch.int64
+    assert batch["batch"].tolist() == [0] * 5 + [1] * 3 + [2] * 7
+    assert batch["semantic"][5:8].tolist() == [-1, -1, -1]  # missing labels -> ignore
+    torch.testing.assert_close(batch["points"][8:], clouds[2]().points)
+    assert batch["name"] == ["c0", "c1", "c2"]
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_points)
+    assert [b["offset"].tolist() for b in loader] == [[5, 8], [7]]
+    bare = PointCloudDataset([PointCloud(torch.zeros(2, 3))])[0]
+    with pytest.raises(InputError, match=r"lacks \['colors', 'normals'\]"):
+        collate_points([bare, ds[0]])
