@@ -243,25 +243,28 @@ def log_alpha_coefficients(means2d: Tensor, conics: Tensor, log_opacities: Tenso
 class _CompositeTiles(torch.autograd.Function):
     """Fused per-tile alpha and front-to-back compositing with a hand-written backward.
 
-    Per tile row t: K Gaussians sorted front to back (padding rows have log-opacity -100), given as
-    log-alpha coefficients coef (T, K, 6) (see :func:`log_alpha_coefficients`) and values (T, K, D).
-    Returns out (T, P, D) = sum_k w_k v_k and the final transmittance (T, P), P = TILE*TILE.
+    Inputs: per (Gaussian, tile) pair, sorted by tile then depth, the log-alpha coefficients
+    coef (M, 6) in the tile's pixel frame (see :func:`log_alpha_coefficients`) and the Gaussian it
+    belongs to, pair_gauss (M,); per-Gaussian values (G, D); per tile row its first pair and pair count
+    (rows,), rows sorted by decreasing count. Returns out (rows, P, D) = sum_k w_k v_k and the final
+    transmittance (rows, P), P = TILE*TILE.
 
-    Gaussians are processed in depth chunks of ``chunk`` per tile; a tile leaves the loop once every
-    one of its pixels has terminated (gsplat's T_min rule) or its list is exhausted, so saturated
-    regions cost only the Gaussians in front. The backward walks the chunks in reverse, carrying
-    sum_{j>k} w_j v_j.g + g_T T_final per pixel; nothing of size (T, P, K) is stored.
+    Each tile's list is walked in depth chunks of ``chunk`` Gaussians gathered from the flat pair
+    arrays; a tile leaves the loop once every one of its pixels has terminated (gsplat's T_min rule) or
+    its list is exhausted, so saturated regions cost only the Gaussians in front and memory follows the
+    pairs, not rows x the longest list. The backward walks the chunks in reverse, carrying
+    sum_{j>k} w_j v_j.g + g_T T_final per pixel; nothing of size (rows, P, K) is stored.
     """
 
     @staticmethod
     def _chunk_terms(feat, coef, T_start, T_all_start):
-        """Alpha and transmittance of one depth chunk; T_start / T_all_start (T, P) enter it.
+        """Alpha and transmittance of one depth chunk; T_start / T_all_start (t, P) enter it.
 
         T_all applies every alpha and decides termination; T_incl applies only the kept ones.
         """
-        raw = torch.exp(torch.matmul(feat, coef.transpose(1, 2)))  # (T, P, k) = o exp(-sigma)
+        raw = torch.exp(torch.matmul(feat, coef.transpose(1, 2)))  # (t, P, k) = o exp(-sigma)
         alpha = raw.clamp(max=ALPHA_MAX).masked_fill_(raw < ALPHA_MIN, 0.0)
-        through = torch.cumprod(1.0 - alpha, dim=-1)  # (T, P, k)
+        through = torch.cumprod(1.0 - alpha, dim=-1)  # (t, P, k)
         T_all = through * T_all_start[..., None]
         kept = T_all > T_MIN  # a prefix of each pixel's list: stop before T would reach T_min
         if bool(kept.all()):
@@ -273,53 +276,63 @@ class _CompositeTiles(torch.autograd.Function):
         return raw, alpha, kept, T_all, T_incl, T_excl
 
     @staticmethod
-    def forward(ctx, coef, values, counts, chunk):
-        T_rows, K, _ = coef.shape
+    def _slots(row_start, row_count, r, k0, k1, pad):
+        """Pair indices (t, k) of depth slots k0..k1 of rows r; slots past a row's list -> ``pad``."""
+        k = torch.arange(k0, k1, device=row_start.device)
+        return torch.where(k < row_count[r, None], row_start[r, None] + k, pad)
+
+    @staticmethod
+    def forward(ctx, coef, values, pair_gauss, row_start, row_count, chunk):
+        M, G = coef.shape[0], values.shape[0]
+        coef = torch.cat([coef, coef.new_tensor([[0.0, 0, 0, 0, 0, -100.0]])])  # padding pair: alpha 0
+        pair_gauss = torch.cat([pair_gauss, pair_gauss.new_tensor([G])])
+        values = torch.cat([values, values.new_zeros((1, values.shape[-1]))])
         feat = _tile_pixel_monomials(coef.dtype, coef.device)  # (P, 6)
-        P = feat.shape[0]
-        out = values.new_zeros((T_rows, P, values.shape[-1]))
-        T_kept = coef.new_ones((T_rows, P))
-        T_all = coef.new_ones((T_rows, P))
-        rows = _Rows(torch.arange(T_rows, device=coef.device))
-        schedule = []  # (rows, k0, k1, T_kept at chunk start, T_all at chunk start)
+        n_rows, P = row_count.numel(), feat.shape[0]
+        out = values.new_zeros((n_rows, P, values.shape[-1]))
+        T_kept, T_all = coef.new_ones((n_rows, P)), coef.new_ones((n_rows, P))
+        rows = _Rows(torch.arange(n_rows, device=coef.device))
+        K = int(row_count.max()) if n_rows else 0
+        schedule = []  # (rows, pair slots, T_kept at chunk start, T_all at chunk start)
         for k0 in range(0, K, chunk):
-            rows = rows.where(counts > k0)  # counts are sorted in decreasing order
+            rows = rows.where(row_count > k0)
             if not len(rows):
                 break
-            k1 = min(K, k0 + chunk)
             r = rows.index
+            slots = _CompositeTiles._slots(row_start, row_count, r, k0, min(K, k0 + chunk), M)  # (t, k)
             Ts, Ta = T_kept[r].clone(), T_all[r].clone()  # saved for backward: no views
-            _, alpha, _, T_all_c, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[r, k0:k1], Ts, Ta)
-            out[r] += torch.bmm(T_excl - T_incl, values[r, k0:k1])  # w = alpha T_excl
+            _, alpha, _, T_all_c, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[slots], Ts, Ta)
+            out[r] += torch.bmm(T_excl - T_incl, values[pair_gauss[slots]])  # w = alpha T_excl
             T_kept[r], T_all[r] = T_incl[..., -1], T_all_c[..., -1]
-            schedule.append((r, k0, k1, Ts, Ta))
+            schedule.append((r, slots, Ts, Ta))
             rows = rows.where((T_all > T_MIN).any(-1))  # tiles with a live pixel go on
         ctx.schedule = schedule
-        ctx.save_for_backward(coef, values, T_kept)
+        ctx.save_for_backward(coef, values, pair_gauss, T_kept)
         return out, T_kept
 
     @staticmethod
     def backward(ctx, g_out, g_T):
-        coef, values, T_final = ctx.saved_tensors
+        coef, values, pair_gauss, T_final = ctx.saved_tensors
         feat = _tile_pixel_monomials(coef.dtype, coef.device)
         g_coef, g_values = torch.zeros_like(coef), torch.zeros_like(values)
         if g_out is None:
             g_out = values.new_zeros(T_final.shape + values.shape[-1:])
-        later = T_final * g_T if g_T is not None else torch.zeros_like(T_final)  # (T, P)
-        for r, k0, k1, Ts, Ta in reversed(ctx.schedule):
-            raw, alpha, kept, _, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[r, k0:k1], Ts, Ta)
+        later = T_final * g_T if g_T is not None else torch.zeros_like(T_final)  # (rows, P)
+        for r, slots, Ts, Ta in reversed(ctx.schedule):
+            raw, alpha, kept, _, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[slots], Ts, Ta)
+            gauss = pair_gauss[slots]  # (t, k)
             weights = T_excl - T_incl  # (t, P, k)
             go = g_out[r]  # (t, P, D)
-            vg = torch.bmm(go, values[r, k0:k1].transpose(1, 2))  # (t, P, k) v_k . g_p
+            vg = torch.bmm(go, values[gauss].transpose(1, 2))  # (t, P, k) v_k . g_p
             csum = torch.cumsum(weights * vg, dim=-1)
             after = (csum[..., -1:] - csum).add_(later[r][..., None])  # sum_{j>k} w_j v_j.g + g_T T_final
             g_alpha = (T_excl * vg).sub_(after.div_(1.0 - alpha))
             live = kept & (raw >= ALPHA_MIN) & (raw < ALPHA_MAX)
             g_log = g_alpha.mul_(raw).masked_fill_(~live, 0.0)  # d alpha / d log-alpha = alpha
-            g_coef[r, k0:k1] = torch.matmul(g_log.transpose(1, 2), feat)  # (t, k, 6)
-            g_values[r, k0:k1] = torch.bmm(weights.transpose(1, 2), go)
+            g_coef.index_add_(0, slots.reshape(-1), torch.matmul(g_log.transpose(1, 2), feat).reshape(-1, 6))
+            g_values.index_add_(0, gauss.reshape(-1), torch.bmm(weights.transpose(1, 2), go).reshape(-1, go.shape[-1]))
             later[r] += csum[..., -1]
-        return g_coef, g_values, None, None
+        return g_coef[:-1], g_values[:-1], None, None, None, None
 
 
 class _Rows:
@@ -362,7 +375,6 @@ def _bin_to_tiles(proj: Projected, tiles_x: int, tiles_y: int) -> tuple[Tensor, 
     image = gauss // N  # b * V + v
     tile = (image * tiles_y + ty) * tiles_x + tx  # (M,)
 
-    depth_rank = torch.empty_like(gauss)
     G = B * V * N
     rank = torch.empty(G, dtype=torch.long, device=lo.device)
     rank[torch.argsort(proj.depths.detach().reshape(-1))] = torch.arange(G, device=lo.device)
@@ -377,50 +389,40 @@ def _rasterize_tiles(
 ) -> tuple[Tensor, Tensor, int, int]:
     B, V, N = proj.depths.shape
     D = colors.shape[-1]
+    G = B * V * N
     tiles_x, tiles_y = -(-cameras.width // TILE), -(-cameras.height // TILE)
     T_all = B * V * tiles_x * tiles_y
     gauss, tile, counts = _bin_to_tiles(proj, tiles_x, tiles_y)
 
-    # Position of every pair inside its tile; keep the front-most max_per_tile.
+    # Keep the front-most max_per_tile pairs of every tile; count the rest.
     starts = torch.cumsum(counts, 0) - counts
     pos = torch.arange(gauss.numel(), device=gauss.device) - starts[tile]
     overflow = int((counts - max_per_tile).clamp(min=0).sum())
     biggest = int(counts.max()) if counts.numel() else 0
-    keep = pos < max_per_tile
-    gauss, tile, pos = gauss[keep], tile[keep], pos[keep]
-    kept_counts = counts.clamp(max=max_per_tile)
+    if overflow:
+        keep = pos < max_per_tile
+        gauss, tile = gauss[keep], tile[keep]
+        counts = counts.clamp(max=max_per_tile)
+        starts = torch.cumsum(counts, 0) - counts
 
-    # Active tiles sorted by decreasing count; a (rows, K) table of Gaussian indices (G = padding).
-    active = torch.nonzero(kept_counts > 0).squeeze(1)
-    active = active[torch.argsort(kept_counts[active], descending=True, stable=True)]
-    row_of_tile = torch.full((T_all,), -1, dtype=torch.long, device=gauss.device)
-    row_of_tile[active] = torch.arange(active.numel(), device=gauss.device)
-    G = B * V * N
-    k_max = int(kept_counts.max()) if active.numel() else 1
-    table = torch.full((active.numel(), k_max), G, dtype=torch.long, device=gauss.device)
-    table[row_of_tile[tile], pos] = gauss
+    # Non-empty tiles as rows, sorted by decreasing count.
+    active = torch.nonzero(counts > 0).squeeze(1)
+    active = active[torch.argsort(counts[active], descending=True, stable=True)]
+    tile_xy = torch.stack([tile % tiles_x, (tile // tiles_x) % tiles_y], dim=-1)  # (M, 2)
+    origins = (tile_xy * TILE).to(proj.means2d.dtype)
 
-    # Flattened per-Gaussian attributes with one padding row of zero opacity at index G.
-    def flat(t: Tensor, width: int) -> Tensor:
-        t = t.reshape(G, width)
-        return torch.cat([t, torch.zeros_like(t[:1])], dim=0)
-
-    means2d = flat(proj.means2d, 2)
-    conics = flat(proj.conics, 3)
-    # log-opacity; invalid Gaussians and the padding row get -100 (alpha < 1/255 everywhere).
-    log_opac = torch.log(proj.opacities.clamp(min=ALPHA_MIN)).masked_fill(~proj.valid, -100.0)
-    log_opac = torch.cat([log_opac.reshape(G), log_opac.new_full((1,), -100.0)])
-    values = flat(torch.cat([colors[:, None].expand(B, V, N, D), proj.depths[..., None]], dim=-1), D + 1)
-
-    tile_xy = torch.stack([active % tiles_x, (active // tiles_x) % tiles_y], dim=-1)  # (rows, 2)
-    origins = (tile_xy * TILE).to(means2d.dtype)
-    coef = log_alpha_coefficients(means2d[table] - origins[:, None, :], conics[table], log_opac[table])  # (rows, K, 6)
-    out, T = _CompositeTiles.apply(coef, values[table], kept_counts[active], depth_chunk)
+    # Per pair: log-alpha coefficients in its tile's pixel frame. Per Gaussian: colour and depth.
+    log_opac = torch.log(proj.opacities.clamp(min=ALPHA_MIN)).reshape(G)
+    coef = log_alpha_coefficients(
+        proj.means2d.reshape(G, 2)[gauss] - origins, proj.conics.reshape(G, 3)[gauss], log_opac[gauss]
+    )  # (M, 6)
+    values = torch.cat([colors[:, None].expand(B, V, N, D), proj.depths[..., None]], dim=-1).reshape(G, D + 1)
+    out, T = _CompositeTiles.apply(coef, values, gauss, starts[active], counts[active], depth_chunk)
 
     # Scatter active tiles into the full tile grid; empty tiles are fully transparent.
     P = TILE * TILE
-    out_tiles = means2d.new_zeros((T_all, P, D + 1)).index_copy(0, active, out)
-    T_tiles = means2d.new_ones((T_all, P)).index_copy(0, active, T)
+    out_tiles = values.new_zeros((T_all, P, D + 1)).index_copy(0, active, out)
+    T_tiles = values.new_ones((T_all, P)).index_copy(0, active, T)
 
     def untile(t: Tensor) -> Tensor:  # (T_all, P, C) -> (B, V, H*W, C)
         C = t.shape[-1]
@@ -493,7 +495,7 @@ def rasterize(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     rasterize_mode: str = "classic",
-    max_per_tile: int = 1024,
+    max_per_tile: int = 65536,
 ) -> SplatOutput:
     """Render B scenes of Gaussians into their V cameras each.
 
