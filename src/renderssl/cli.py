@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--views", type=int, default=10)
     synth.add_argument("--size", default="64x64", help="WIDTHxHEIGHT")
     synth.add_argument("--kind", choices=("room", "object"), default="room")
-    synth.add_argument("--formats", default="scannet,blender", help="comma-separated: scannet, blender")
+    synth.add_argument("--formats", default="scannet,blender", help="comma-separated: scannet, blender, 7scenes, llff")
     synth.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene i has seed + i)")
     synth.add_argument("--no-preview", action="store_true")
     synth.set_defaults(run=_data_synth)

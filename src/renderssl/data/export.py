@@ -1,7 +1,8 @@
 """``renderssl data synth``: write procedural scenes to disk in the common formats, with a preview.
 
-Layout under ``out``: ``scannet/<scene>/`` (ScanNet-style RGB-D export), ``blender/<scene>/``
-(transforms.json), ``ply/<scene>.ply`` (labelled point cloud), ``preview.png``.
+Layout under ``out``: ``<format>/<scene>/`` for each requested format (default ``scannet``, the
+ScanNet-style RGB-D export, and ``blender``, transforms.json; also ``7scenes`` and ``llff``),
+``ply/<scene>.ply`` (labelled point cloud), ``preview.png``.
 
 The preview shows, for the first scene, a few views' colour, depth, normals, semantic and instance
 maps, and a check of the Gaussian renderer: surfel Gaussians built from the scene's back-projected
@@ -26,7 +27,7 @@ from .formats import write_ply, write_viewset
 from .synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras, viewset_to_pointcloud
 from .types import ViewSet
 
-FORMATS = ("scannet", "blender")
+FORMATS = ("scannet", "blender", "7scenes", "llff")
 
 
 @dataclass
@@ -84,7 +85,7 @@ def export_synthetic(
     views: int = 10,
     size: tuple[int, int] = (64, 64),
     kind: str = "room",
-    formats=FORMATS,
+    formats=("scannet", "blender"),
     seed: int = 0,
     preview: bool = True,
     log=print,

@@ -27,7 +27,8 @@ Backends behind :func:`rasterize`:
   beyond are counted in ``overflow``), and composite every tile with a fused autograd function whose
   backward is written by hand (alpha and transmittance are recomputed, nothing per-pixel is stored).
   ln(alpha) is a quadratic polynomial in the pixel coordinates, so one small matmul evaluates a whole
-  tile; Gaussians go through in depth chunks and a tile stops once all its pixels have terminated.
+  tile; Gaussians go through in depth chunks (16, 32, then 64 deep, in blocks of tiles of at most 2^19
+  alpha entries) and a tile stops once all its pixels have terminated.
   Identical to ``dense`` wherever no tile overflows (up to float rounding of the polynomial form).
 - ``gsplat``: gsplat's CUDA rasterizer, used only when gsplat is installed and the tensors are on CUDA.
 """
@@ -249,7 +250,7 @@ class _CompositeTiles(torch.autograd.Function):
     (rows,), rows sorted by decreasing count. Returns out (rows, P, D) = sum_k w_k v_k and the final
     transmittance (rows, P), P = TILE*TILE.
 
-    Each tile's list is walked in depth chunks of ``chunk`` Gaussians gathered from the flat pair
+    Each tile's list is walked in depth chunks (see :func:`_depth_chunks`) gathered from the flat pair
     arrays; a tile leaves the loop once every one of its pixels has terminated (gsplat's T_min rule) or
     its list is exhausted, so saturated regions cost only the Gaussians in front and memory follows the
     pairs, not rows x the longest list. The backward walks the chunks in reverse, carrying
@@ -292,19 +293,18 @@ class _CompositeTiles(torch.autograd.Function):
         out = values.new_zeros((n_rows, P, values.shape[-1]))
         T_kept, T_all = coef.new_ones((n_rows, P)), coef.new_ones((n_rows, P))
         rows = _Rows(torch.arange(n_rows, device=coef.device))
-        K = int(row_count.max()) if n_rows else 0
         schedule = []  # (rows, pair slots, T_kept at chunk start, T_all at chunk start)
-        for k0 in range(0, K, chunk):
+        for k0, k1 in _depth_chunks(int(row_count.max()) if n_rows else 0, chunk):
             rows = rows.where(row_count > k0)
             if not len(rows):
                 break
-            r = rows.index
-            slots = _CompositeTiles._slots(row_start, row_count, r, k0, min(K, k0 + chunk), M)  # (t, k)
-            Ts, Ta = T_kept[r].clone(), T_all[r].clone()  # saved for backward: no views
-            _, alpha, _, T_all_c, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[slots], Ts, Ta)
-            out[r] += torch.bmm(T_excl - T_incl, values[pair_gauss[slots]])  # w = alpha T_excl
-            T_kept[r], T_all[r] = T_incl[..., -1], T_all_c[..., -1]
-            schedule.append((r, slots, Ts, Ta))
+            for r in rows.blocks(max(1, _BLOCK_ENTRIES // (P * (k1 - k0)))):
+                slots = _CompositeTiles._slots(row_start, row_count, r, k0, k1, M)  # (t, k)
+                Ts, Ta = T_kept[r].clone(), T_all[r].clone()  # saved for backward: no views
+                _, alpha, _, T_all_c, T_incl, T_excl = _CompositeTiles._chunk_terms(feat, coef[slots], Ts, Ta)
+                out[r] += torch.bmm(T_excl - T_incl, values[pair_gauss[slots]])  # w = alpha T_excl
+                T_kept[r], T_all[r] = T_incl[..., -1], T_all_c[..., -1]
+                schedule.append((r, slots, Ts, Ta))
             rows = rows.where((T_all > T_MIN).any(-1))  # tiles with a live pixel go on
         ctx.schedule = schedule
         ctx.save_for_backward(coef, values, pair_gauss, T_kept)
@@ -335,6 +335,19 @@ class _CompositeTiles(torch.autograd.Function):
         return g_coef[:-1], g_values[:-1], None, None, None, None
 
 
+_BLOCK_ENTRIES = 1 << 19  # alpha entries (rows x pixels x depth slots) composited per block
+
+
+def _depth_chunks(K: int, chunk: int, first: int = 16) -> list[tuple[int, int]]:
+    """Depth ranges [k0, k1) covering 0..K: sizes first, 2 first, ... up to ``chunk``, since most
+    pixels of opaque scenes terminate within their first few Gaussians."""
+    ranges, k0, size = [], 0, min(first, chunk)
+    while k0 < K:
+        ranges.append((k0, min(K, k0 + size)))
+        k0, size = k0 + size, min(2 * size, chunk)
+    return ranges
+
+
 class _Rows:
     """The tile rows still being composited: a slice while they form a prefix, else an index."""
 
@@ -350,6 +363,12 @@ class _Rows:
         """Keep the rows whose entry in ``mask`` (over all rows) is true."""
         keep = mask[self.ids]
         return self if bool(keep.all()) else _Rows(self.ids[keep])
+
+    def blocks(self, size: int):
+        """Consecutive blocks of at most ``size`` rows, as slices or index tensors."""
+        for a in range(0, len(self), size):
+            b = min(len(self), a + size)
+            yield slice(a, b) if isinstance(self.index, slice) else self.ids[a:b]
 
 
 def _bin_to_tiles(proj: Projected, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
