@@ -1,0 +1,226 @@
+"""Typed experiment configs: dataclasses built from YAML plus ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the dotted key (``gmae.num_gaussian:
+unknown key; did you mean num_gaussians?``). Override values are parsed as YAML (``train.steps=200``,
+``optim.betas=[0.9,0.95]``, ``train.device=cpu``). ``to_dict`` gives the plain dict written beside every
+run as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+
+
+class ConfigError(InputError):
+    """A config key or value is wrong; the message names the dotted key."""
+
+
+# ---- generic dataclass <-> dict ------------------------------------------------------------------
+
+
+def _convert(tp, value, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {args}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        inner = args[0] if args else typing.Any
+        out = [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is typing.Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown key{hint}")
+        kwargs[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except InputError as err:  # a dataclass's own validation
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict (tuples as lists) of a dataclass config."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set ``a.b.c=value`` entries (values parsed as YAML) into a nested dict, returning a copy."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is a value, not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls, path=None, overrides: list[str] = ()):
+    """``cls`` from an optional YAML file plus overrides."""
+    data = load_yaml(path) if path is not None else {}
+    try:
+        return from_dict(cls, apply_overrides(data, list(overrides)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+
+
+def save_config(config, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path
+
+
+# ---- the experiment ------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, per iteration (MAE's recipe)."""
+
+    lr: float | None = None  # absolute learning rate; None = blr * total batch / 256 (MAE's rule)
+    blr: float = 1.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05  # not applied to biases, norms, tokens and position embeddings
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping (MAE pretraining)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # per process
+    seed: int = 0
+    out_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 10
+    ckpt_every: int = 200
+    preview_every: int = 200
+    keep_checkpoints: int = 2  # step checkpoints kept beside last.pt
+    num_workers: int = 0
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "log_every", "ckpt_every", "preview_every"):
+            if getattr(self, key) < 1:
+                raise InputError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class DataConfig:
+    """Where pretraining and downstream images come from.
+
+    ``source: synthetic`` generates scenes (seeds ``seed + i``); train, val and test splits are
+    disjoint sets of scenes, so test scenes are never seen in pretraining or fine-tuning. Any other
+    ``source`` is a folder of scene folders in a format the readers detect.
+    """
+
+    source: str = "synthetic"
+    kind: str = "room"  # synthetic scene kind: room | object
+    width: int = 64
+    height: int = 64
+    views: int = 10  # views per synthetic scene
+    train_scenes: int = 32
+    val_scenes: int = 4
+    test_scenes: int = 8
+    seed: int = 0
+    every_k: int = 1  # keep every k-th frame of real scenes
