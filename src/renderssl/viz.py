@@ -17,6 +17,7 @@ _DEPTH_ANCHORS = torch.tensor(
 
 def colorize_scalar(x: Tensor, valid: Tensor | None = None, lo: float | None = None, hi: float | None = None) -> Tensor:
     """(H, W) -> (3, H, W) in [0, 1]; invalid pixels black. Range from valid percentiles 2-98 by default."""
+    x = x.detach()
     valid = torch.isfinite(x) if valid is None else valid & torch.isfinite(x)
     vals = x[valid]
     if vals.numel() == 0:

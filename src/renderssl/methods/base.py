@@ -19,6 +19,7 @@ class MethodOutput:
     loss: Tensor  # scalar, the quantity to minimise
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts of the loss, for logging
     renders: dict[str, Tensor] = field(default_factory=dict)  # (B, 3, H, W) in [0, 1] for previews (detached)
+    extras: dict = field(default_factory=dict)  # method-specific detached outputs (e.g. GMAE's Gaussians)
 
 
 class Method(nn.Module):

@@ -1,0 +1,536 @@
+"""Downstream transfer: fine-tune or linearly probe an encoder on labelled scenes, score it on held-out
+scenes, and compare it with the same encoder trained from scratch on the same labels and budget.
+
+Design choices
+--------------
+Tasks and labels (``frames_from_scenes``)
+  * ``segmentation``: per-pixel semantic ids (V, H, W), -1 ignored; cross-entropy over labelled pixels.
+  * ``depth``: z-depth (V, 1, H, W) in metres, 0 = invalid; L1 between predicted and true log depth over
+    valid pixels (scale-relative, matches :class:`~renderssl.eval.heads.DepthHead`'s log output).
+  * ``classification``: one label per scene, the most frequent non-negative semantic id over all its
+    views (for ``kind='object'`` synthetic scenes: the object's class; the white background is -1),
+    broadcast to each frame; cross-entropy on the class-token feature. Each frame is classified alone.
+  The number of classes is ``cfg.num_classes`` if given, else ``len(class_names)`` of the first training
+  scene, else the largest training label + 1. Images reach the encoder as the data layer gives them
+  (float in [0, 1]), the same input pretraining sees: no extra normalisation.
+Modes
+  * ``linear``: the encoder is frozen (``requires_grad_(False)``, kept in eval mode even when the model
+    is put in train mode, features computed under ``no_grad``); only the head trains. For
+    classification that is MAE's linear probe; for the dense tasks the "probe" is the light head of
+    :mod:`renderssl.eval.heads`.
+  * ``finetune``: encoder and head train together.
+  Both modes use AdamW (betas 0.9, 0.999) with a per-step schedule: linear warm-up over ``warmup`` steps
+  to ``lr``, then a half-cycle cosine to 0 (MAE's fine-tuning schedule, counted in steps, not epochs).
+  Weight decay skips 1-D parameters (biases, norms) and tokens/position embeddings (MAE's rule).
+  Layer-wise lr decay (MAE/BEiT): with L ViT blocks, the patch embedding, class token and position
+  embedding are layer 0, block i is layer i + 1, everything after (final norm, head) is layer L + 1;
+  layer l gets ``lr * layer_decay ** (L + 1 - l)``. Encoders without ``blocks`` get scale 1 everywhere.
+  The only augmentation is a random horizontal flip (``hflip``) of image and target together.
+Encoder access
+  Everything goes through :func:`encoder_features` (dense maps: ``patch_features`` if the encoder has it,
+  else a 4-D ``forward_features``, e.g. a ResNet trunk; global vectors: ``forward``) and
+  :func:`encoder_dim` (``embed_dim`` or ``num_features``), so a new encoder family needs no other change.
+Determinism and isolation
+  ``train_downstream`` deep-copies the encoder (the caller's weights are never modified), initialises
+  the head under ``torch.random.fork_rng`` seeded with ``cfg.seed`` (the global RNG is left as it was),
+  and draws batches and flips from a ``torch.Generator`` seeded with ``cfg.seed``: one cfg, one result
+  (on a given device). Batches walk through successive random permutations of the training frames.
+Splits (``run_downstream``)
+  Train on ``select_label_fraction(train split, label_fraction, seed)`` and score on the TEST split
+  only; :func:`check_disjoint_scenes` raises if a scene name is in both (or a name is missing). The label
+  subset is the first ``n = max(1, round(fraction * scenes))`` scenes of a seeded permutation, kept in
+  split order, so for one seed smaller fractions are subsets of larger ones.
+  The encoder factory is called under ``fork_rng`` seeded with ``cfg.seed``, so a scratch encoder's
+  initialisation is deterministic too and differs between seeds.
+Scratch comparison (``compare_with_scratch``)
+  Pretrained and scratch runs share splits, label subset, head init, batches and budget per seed; the
+  summary gives per-seed metrics and the mean and sample standard deviation (ddof 1; 0 for one seed)
+  of every scalar metric, and ``delta`` = pretrained mean - scratch mean.
+Metrics (``evaluate_downstream``)
+  segmentation: ``miou``, ``overall_acc``, ``mean_class_acc`` (+ per-class ``iou``) from
+  :class:`SegmentationMeter`; depth: every key of :data:`DEPTH_KEYS` (``abs_rel``, ``rmse``, ``delta1``,
+  ...) from :class:`DepthMeter` on raw metric predictions (no median scaling); classification: ``top1``
+  over frames.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.build import load_split
+from ..data.types import ViewSet
+from ..errors import InputError
+from ..train.config import DataConfig
+from .heads import HEAD_CHANNELS, DepthHead, LinearClassifier, SegmentationHead
+from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
+
+TASKS = ("segmentation", "depth", "classification")
+MODES = ("finetune", "linear")
+DENSE_TASKS = ("segmentation", "depth")
+NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "dist_token")
+EMBEDDING_PREFIXES = ("cls_token", "mask_token", "pos_embed", "patch_embed")
+
+
+@dataclass
+class DownstreamConfig:
+    """One downstream run. Build from YAML with ``train.config.from_dict(DownstreamConfig, data)``."""
+
+    task: str = "segmentation"  # segmentation | depth | classification
+    mode: str = "finetune"  # finetune | linear (frozen encoder)
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 5e-4  # peak learning rate (absolute)
+    weight_decay: float = 0.05
+    warmup: int = 20  # warm-up steps
+    layer_decay: float = 1.0  # MAE layer-wise lr decay on ViT blocks; 1.0 = off
+    label_fraction: float = 1.0  # fraction of the train scenes whose labels are used (>= 1 scene)
+    seed: int = 0
+    eval_batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    hflip: bool = True  # random horizontal flips of training frames
+    head_channels: int = HEAD_CHANNELS  # width of the dense heads' trunk
+    num_classes: int | None = None  # None = len(class_names) of the training scenes
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, why: str):
+            raise InputError(f"DownstreamConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.task not in TASKS:
+            bad("task", f"expected one of {TASKS}")
+        if self.mode not in MODES:
+            bad("mode", f"expected one of {MODES}")
+        if self.steps < 1:
+            bad("steps", "must be >= 1")
+        if self.batch_size < 2:
+            bad("batch_size", "must be >= 2 (the heads' BatchNorm needs two samples)")
+        if self.eval_batch_size < 1:
+            bad("eval_batch_size", "must be >= 1")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.warmup < 0:
+            bad("warmup", "must be >= 0")
+        if not 0 < self.layer_decay <= 1:
+            bad("layer_decay", "must lie in (0, 1]")
+        if not 0 < self.label_fraction <= 1:
+            bad("label_fraction", "must lie in (0, 1]")
+        if self.head_channels < 1:
+            bad("head_channels", "must be >= 1")
+        if self.num_classes is not None and self.num_classes < 1:
+            bad("num_classes", "must be >= 1")
+
+
+# ==================================================================================================
+# Data: frames, labels, label fractions, splits
+# ==================================================================================================
+def frames_from_scenes(viewsets: list[ViewSet], task: str) -> tuple[Tensor, Tensor]:
+    """All frames of ``viewsets`` with the task's targets.
+
+    Returns images (N, 3, H, W) and targets: segmentation (N, H, W) int64 (-1 = ignore); depth
+    (N, 1, H, W) metres (0 = invalid); classification (N,) int64, one label per scene.
+    """
+    if task not in TASKS:
+        raise InputError(f"frames_from_scenes: unknown task {task!r}; expected one of {TASKS}")
+    if not viewsets:
+        raise InputError("frames_from_scenes: no scenes given")
+    sizes = {(v.height, v.width) for v in viewsets}
+    if len(sizes) > 1:
+        raise InputError(f"frames_from_scenes: scenes have different image sizes {sorted(sizes)}; resize them first")
+    images = torch.cat([v.rgb for v in viewsets]).float()  # (N, 3, H, W)
+    targets = torch.cat([scene_targets(v, task) for v in viewsets])
+    return images, targets
+
+
+def scene_targets(viewset: ViewSet, task: str) -> Tensor:
+    """Targets of one scene's frames (see :func:`frames_from_scenes`)."""
+    if task == "depth":
+        if viewset.depth is None:
+            raise InputError(f"scene {viewset.name!r}: task 'depth' needs depth maps")
+        return viewset.depth.float()  # (V, 1, H, W)
+    if viewset.semantic is None:
+        raise InputError(f"scene {viewset.name!r}: task {task!r} needs semantic maps")
+    if task == "segmentation":
+        return viewset.semantic.long()  # (V, H, W)
+    return scene_class(viewset).repeat(len(viewset))  # (V,)
+
+
+def scene_class(viewset: ViewSet) -> Tensor:
+    """() int64: the most frequent non-negative semantic id over all views (ties: the smallest id)."""
+    labels = viewset.semantic[viewset.semantic >= 0]  # (M,)
+    if labels.numel() == 0:
+        raise InputError(f"scene {viewset.name!r}: no labelled pixel to take a class from")
+    return torch.bincount(labels).argmax()
+
+
+def select_label_fraction(viewsets: list[ViewSet], fraction: float, seed: int) -> list[ViewSet]:
+    """The scenes whose labels are used: ``max(1, round(fraction * len))`` of them, drawn by a seeded
+    permutation and returned in their original order (nested across fractions for one seed)."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"label_fraction must lie in (0, 1], got {fraction}")
+    if not viewsets:
+        raise InputError("select_label_fraction: no scenes given")
+    n = max(1, int(math.floor(fraction * len(viewsets) + 0.5)))
+    order = torch.randperm(len(viewsets), generator=torch.Generator().manual_seed(int(seed)))
+    keep = order[:n].sort().values.tolist()
+    return [viewsets[i] for i in keep]
+
+
+def check_disjoint_scenes(train: list[ViewSet], test: list[ViewSet]) -> None:
+    """Raise :class:`InputError` if a scene is unnamed or named in both ``train`` and ``test``."""
+    unnamed = [i for i, v in enumerate(list(train) + list(test)) if not v.name]
+    if unnamed:
+        raise InputError("downstream: every scene needs a name to prove train and test are disjoint")
+    shared = sorted({v.name for v in train} & {v.name for v in test})
+    if shared:
+        raise InputError(f"downstream: test scenes also used for training: {shared}")
+
+
+def infer_num_classes(viewsets: list[ViewSet], targets: Tensor, cfg: DownstreamConfig) -> int:
+    """Classes of the task: ``cfg.num_classes``, else the scenes' class_names, else max label + 1."""
+    if cfg.num_classes is not None:
+        return cfg.num_classes
+    if viewsets[0].class_names:
+        return len(viewsets[0].class_names)
+    return int(targets.max()) + 1
+
+
+# ==================================================================================================
+# Encoder adapter and the downstream model
+# ==================================================================================================
+def encoder_features(encoder: nn.Module, images: Tensor, dense: bool) -> Tensor:
+    """The one place that touches an encoder. (B, 3, H, W) -> (B, C, h, w) if ``dense`` else (B, D)."""
+    if dense:
+        fn = getattr(encoder, "patch_features", None) or getattr(encoder, "forward_features", None)
+        if fn is None:
+            raise InputError(f"{type(encoder).__name__}: dense tasks need patch_features or forward_features")
+        out = fn(images)
+        expected = 4
+    else:
+        out = encoder(images)
+        expected = 2
+    if out.ndim != expected:
+        kind = "(B, C, h, w) feature map" if dense else "(B, D) feature vector"
+        raise InputError(f"{type(encoder).__name__}: expected a {kind}, got {tuple(out.shape)}")
+    return out
+
+
+def encoder_dim(encoder: nn.Module) -> int:
+    """Feature width of an encoder (``embed_dim`` as the ViT, or timm's ``num_features``)."""
+    for name in ("embed_dim", "num_features"):
+        value = getattr(encoder, name, None)
+        if isinstance(value, int):
+            return value
+    raise InputError(f"{type(encoder).__name__}: cannot tell its feature width (no embed_dim / num_features)")
+
+
+class DownstreamModel(nn.Module):
+    """Encoder + task head. ``forward`` gives what the loss compares (logits, or log depth for depth);
+    ``predict`` what the metrics compare (logits, or depth in metres)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, num_classes: int, frozen_encoder: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.task = task
+        self.num_classes = num_classes
+        self.frozen_encoder = frozen_encoder
+        self.loss_history: list[float] = []
+        if frozen_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "DownstreamModel":
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()  # a frozen encoder never updates BatchNorm statistics
+        return self
+
+    def features(self, images: Tensor) -> Tensor:
+        dense = self.task in DENSE_TASKS
+        if self.frozen_encoder:
+            with torch.no_grad():
+                return encoder_features(self.encoder, images, dense)
+        return encoder_features(self.encoder, images, dense)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> logits (B, K, H, W) | log depth (B, 1, H, W) | logits (B, K)."""
+        feats = self.features(images)
+        size = tuple(images.shape[-2:])
+        if self.task == "segmentation":
+            return self.head(feats, size)
+        if self.task == "depth":
+            return self.head.log_depth(feats, size)
+        return self.head(feats)
+
+    def predict(self, images: Tensor) -> Tensor:
+        out = self.forward(images)
+        return out.exp() if self.task == "depth" else out
+
+    def forward_loss(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Scalar task loss of ``forward``'s output against targets (see the module docstring)."""
+        if self.task == "segmentation":
+            labelled = (targets >= 0).sum().clamp_min(1)
+            return F.cross_entropy(output, targets, ignore_index=-1, reduction="sum") / labelled
+        if self.task == "depth":
+            valid = targets > 0  # (B, 1, H, W)
+            err = (output - targets.clamp_min(1e-6).log()).abs()  # (B, 1, H, W)
+            return (err * valid).sum() / valid.sum().clamp_min(1)
+        return F.cross_entropy(output, targets)
+
+
+def build_head(task: str, dim: int, num_classes: int, channels: int, init_depth: float) -> nn.Module:
+    if task == "segmentation":
+        return SegmentationHead(dim, num_classes, channels)
+    if task == "depth":
+        return DepthHead(dim, channels, init_depth=init_depth)
+    return LinearClassifier(dim, num_classes)
+
+
+def mean_depth_geometric(depth: Tensor) -> float:
+    """exp(mean log depth) over valid pixels (1.0 if none): the depth head's starting prediction."""
+    valid = depth[depth > 0]
+    return float(valid.log().mean().exp()) if valid.numel() else 1.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ==================================================================================================
+# Optimisation
+# ==================================================================================================
+def encoder_layer_id(name: str, num_blocks: int) -> int:
+    """MAE layer id of an encoder parameter: embeddings 0, ``blocks.i.*`` i + 1, the rest num_blocks + 1."""
+    if name.startswith(EMBEDDING_PREFIXES):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_blocks + 1
+
+
+def uses_weight_decay(name: str, param: Tensor) -> bool:
+    return param.ndim > 1 and name.split(".")[-1] not in NO_DECAY_NAMES
+
+
+def param_groups(model: DownstreamModel, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups keyed by (lr scale, decay or not); each group carries ``lr_scale``."""
+    blocks = getattr(model.encoder, "blocks", None)
+    num_blocks = len(blocks) if blocks is not None else 0
+    groups: dict[tuple[float, bool], dict] = {}
+
+    def add(name: str, param: Tensor, layer: int) -> None:
+        scale = layer_decay ** (num_blocks + 1 - layer) if blocks is not None else 1.0
+        decay = uses_weight_decay(name, param)
+        group = groups.setdefault((scale, decay), {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
+        group["params"].append(param)
+
+    for name, param in model.encoder.named_parameters():
+        if param.requires_grad:
+            add(name, param, encoder_layer_id(name, num_blocks))
+    for name, param in model.head.named_parameters():
+        add(name, param, num_blocks + 1)
+    return list(groups.values())
+
+
+def learning_rate(step: int, cfg: DownstreamConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup`` steps, then half-cycle cosine to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batch_schedule(num_frames: int, cfg: DownstreamConfig, generator: torch.Generator) -> Tensor:
+    """(steps, batch_size) frame indices walking through successive random permutations."""
+    total = cfg.steps * cfg.batch_size
+    epochs = -(-total // num_frames)
+    order = torch.cat([torch.randperm(num_frames, generator=generator) for _ in range(epochs)])
+    return order[:total].view(cfg.steps, cfg.batch_size)
+
+
+def random_hflip(images: Tensor, targets: Tensor, dense: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Flip each sample left-right with probability 1/2 (dense targets flip with their image)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    if dense:
+        f = flip.view((-1,) + (1,) * (targets.ndim - 1))
+        targets = torch.where(f, targets.flip(-1), targets)
+    return images, targets
+
+
+# ==================================================================================================
+# Train / evaluate
+# ==================================================================================================
+def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: DownstreamConfig) -> DownstreamModel:
+    """Train a head (``linear``) or encoder + head (``finetune``) on ``train_scenes``; returns the model
+    in eval mode on ``cfg.device``, with ``loss_history`` (one float per step)."""
+    images, targets = frames_from_scenes(train_scenes, cfg.task)
+    device = resolve_device(cfg.device)
+    model = build_model(encoder, train_scenes, targets, cfg).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    schedule = batch_schedule(images.shape[0], cfg, generator)  # (steps, B)
+    model.train()
+    for step, idx in enumerate(schedule):
+        x, y = images[idx], targets[idx]
+        if cfg.hflip:
+            x, y = random_hflip(x, y, cfg.task in DENSE_TASKS, generator)
+        set_learning_rate(optimizer, learning_rate(step, cfg))
+        loss = model.forward_loss(model(x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.loss_history.append(float(loss.detach()))
+    return model.eval()
+
+
+def build_model(encoder: nn.Module, scenes: list[ViewSet], targets: Tensor, cfg: DownstreamConfig) -> DownstreamModel:
+    """A copy of ``encoder`` plus a head initialised deterministically from ``cfg.seed``."""
+    num_classes = infer_num_classes(scenes, targets, cfg) if cfg.task != "depth" else 1
+    init_depth = mean_depth_geometric(targets) if cfg.task == "depth" else 1.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        head = build_head(cfg.task, encoder_dim(encoder), num_classes, cfg.head_channels, init_depth)
+    return DownstreamModel(copy.deepcopy(encoder), head, cfg.task, num_classes, cfg.mode == "linear")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+@torch.no_grad()
+def evaluate_downstream(model: DownstreamModel, test_scenes: list[ViewSet], cfg: DownstreamConfig) -> dict:
+    """Metrics of ``model`` on every frame of ``test_scenes`` (keys in the module docstring)."""
+    if model.task != cfg.task:
+        raise InputError(f"evaluate_downstream: model was trained for {model.task!r}, cfg.task is {cfg.task!r}")
+    images, targets = frames_from_scenes(test_scenes, cfg.task)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter = make_meter(model)
+    for x, y in zip(images.split(cfg.eval_batch_size), targets.split(cfg.eval_batch_size)):
+        meter.update(model.predict(x.to(device)).cpu(), y)
+    model.train(was_training)
+    out = meter.compute()
+    out["num_frames"] = int(images.shape[0])
+    out["num_scenes"] = len(test_scenes)
+    return out
+
+
+class Top1Meter:
+    """Fraction of samples whose arg-max logit is the label."""
+
+    def __init__(self):
+        self.correct = 0
+        self.count = 0
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        self.correct += int((logits.argmax(dim=1) == labels).sum())
+        self.count += int(labels.numel())
+
+    def compute(self) -> dict:
+        return {"top1": self.correct / self.count if self.count else math.nan}
+
+
+class _SegmentationScores(SegmentationMeter):
+    """SegmentationMeter whose ``compute`` keeps the scalar scores and per-class IoU as a list."""
+
+    def compute(self) -> dict:
+        out = super().compute()
+        return {"miou": out["miou"], "overall_acc": out["overall_acc"], "mean_class_acc": out["mean_class_acc"],
+                "iou": out["iou"].tolist()}
+
+
+def make_meter(model: DownstreamModel):
+    if model.task == "segmentation":
+        return _SegmentationScores(model.num_classes)
+    if model.task == "depth":
+        return DepthMeter()
+    return Top1Meter()
+
+
+# ==================================================================================================
+# Runs on data splits, and the scratch comparison
+# ==================================================================================================
+EncoderFactory = Callable[[], nn.Module]
+
+
+def run_downstream(encoder_factory: EncoderFactory, data_cfg: DataConfig, cfg: DownstreamConfig) -> dict:
+    """Train on a label fraction of the train split, score on the test split.
+
+    Returns ``{"metrics": {...}, "train_scenes": [names], "test_scenes": [names], "task", "mode", "seed"}``.
+    """
+    train_all, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
+    return run_on_splits(encoder_factory, train_all, test, cfg)
+
+
+def run_on_splits(encoder_factory: EncoderFactory, train_all: list[ViewSet], test: list[ViewSet],
+                  cfg: DownstreamConfig) -> dict:
+    check_disjoint_scenes(train_all, test)
+    train = select_label_fraction(train_all, cfg.label_fraction, cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        encoder = encoder_factory()
+    model = train_downstream(encoder, train, cfg)
+    return {
+        "metrics": evaluate_downstream(model, test, cfg),
+        "train_scenes": [v.name for v in train],
+        "test_scenes": [v.name for v in test],
+        "task": cfg.task, "mode": cfg.mode, "seed": cfg.seed,
+    }
+
+
+def compare_with_scratch(pretrained_factory: EncoderFactory, scratch_factory: EncoderFactory, data_cfg: DataConfig,
+                         cfg: DownstreamConfig, seeds=(0, 1, 2)) -> dict:
+    """Both encoders under the same splits, label subsets, budget and seeds.
+
+    Returns ``{"seeds": [...], "pretrained": summary, "scratch": summary, "delta": {metric: mean
+    difference}}`` with ``summary = {"runs": [run_downstream result per seed], "mean": {...}, "std": {...}}``.
+    """
+    if not seeds:
+        raise InputError("compare_with_scratch: give at least one seed")
+    train_all, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
+    out = {"seeds": list(seeds)}
+    for label, factory in (("pretrained", pretrained_factory), ("scratch", scratch_factory)):
+        runs = [run_on_splits(factory, train_all, test, with_seed(cfg, s)) for s in seeds]
+        out[label] = summarise_runs(runs)
+    out["delta"] = {k: out["pretrained"]["mean"][k] - out["scratch"]["mean"][k] for k in out["pretrained"]["mean"]}
+    return out
+
+
+def with_seed(cfg: DownstreamConfig, seed: int) -> DownstreamConfig:
+    new = copy.copy(cfg)
+    new.seed = int(seed)
+    return new
+
+
+def summarise_runs(runs: list[dict]) -> dict:
+    """Mean and sample std (ddof 1; 0 for one run) of every scalar metric over runs."""
+    keys = [k for k, v in runs[0]["metrics"].items() if isinstance(v, float) and k not in ("num_frames", "num_scenes")]
+    values = {k: torch.tensor([r["metrics"][k] for r in runs], dtype=torch.float64) for k in keys}
+    return {
+        "runs": runs,
+        "mean": {k: float(v.mean()) for k, v in values.items()},
+        "std": {k: float(v.std()) if v.numel() > 1 else 0.0 for k, v in values.items()},
+    }
+
+
+__all__ = [
+    "DEPTH_KEYS", "DownstreamConfig", "DownstreamModel", "MODES", "TASKS", "check_disjoint_scenes",
+    "compare_with_scratch", "encoder_dim", "encoder_features", "evaluate_downstream", "frames_from_scenes",
+    "learning_rate", "param_groups", "run_downstream", "scene_class", "select_label_fraction", "train_downstream",
+]

@@ -1,0 +1,290 @@
+"""Export and load pretrained encoders (the product of pretraining).
+
+An export is a folder holding
+
+* ``encoder.safetensors``: the encoder's state dict under timm (ViT) / torchvision (ResNet) key names,
+  no ``encoder.`` prefix and nothing of the pretext heads or renderers;
+* ``encoder.json``: ``{"format": "renderssl-encoder", "version": 1, "architecture": "vit"|"resnet",
+  "config": {<all dataclass fields>}, "weights": "encoder.safetensors", "timm_model"|"torchvision_model":
+  <name or null>, "pretraining": {<free-form caller metadata>}}``.
+
+Choices:
+
+* :func:`export_encoder` checks that ``config`` rebuilds a model with exactly the encoder's keys and
+  shapes (built on the meta device, so no memory or init cost) before writing anything, so every export
+  loads back. Files are written to a temporary name and renamed, weights first, so a folder with an
+  ``encoder.json`` always holds complete weights.
+* The name hint is the timm / torchvision model whose state dict has the same keys and shapes:
+  ``timm.create_model(hint, num_classes=0)`` for a ViT; ``torchvision.models.<hint>()`` for a ResNet
+  (with ``num_classes=0`` replace its ``fc`` by ``nn.Identity()`` first, or pass ``num_classes=N``).
+  It is null when no such model exists (other image/patch size, widths, input channels).
+* :func:`load_encoder` returns the model in ``eval()`` mode (frozen-feature use is the common case;
+  call ``.train()`` to fine-tune).
+* Weight files are read with ``safetensors`` or ``torch.load(weights_only=True)`` only: a checkpoint is
+  never allowed to run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+from .models.encoders.resnet import ResNet, ResNetConfig
+from .models.encoders.vit import PRESETS as VIT_PRESETS
+from .models.encoders.vit import ViTConfig, VisionTransformer
+
+FORMAT = "renderssl-encoder"
+VERSION = 1
+WEIGHTS_NAME = "encoder.safetensors"
+META_NAME = "encoder.json"
+ARCHITECTURES = {"vit": (ViTConfig, VisionTransformer), "resnet": (ResNetConfig, ResNet)}
+NESTED_KEYS = ("model", "state_dict")  # checkpoint entries that hold the state dict, tried in this order
+MAX_LISTED = 5  # keys named in mismatch messages
+
+# (preset, patch size, square image size) of timm's ViTs (sin-cos/learned pos embed have the same shape)
+TIMM_VITS = {
+    ("tiny", 16, 224), ("tiny", 16, 384),
+    ("small", 8, 224), ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
+    ("base", 8, 224), ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
+    ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
+}
+
+
+# ---- building -------------------------------------------------------------------------------------
+
+
+def make_config(architecture: str, config) -> ViTConfig | ResNetConfig:
+    """The config dataclass of ``architecture`` from a dict (or an instance); unknown keys are errors."""
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"architecture: {architecture!r} is not one of {list(ARCHITECTURES)}")
+    cls = ARCHITECTURES[architecture][0]
+    if isinstance(config, cls):
+        return dataclasses.replace(config)  # a copy, re-validated
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        raise InputError(f"{architecture} config: expected a {cls.__name__} or a dict, got {type(config).__name__}")
+    if not isinstance(config, Mapping):
+        raise InputError(f"{architecture} config: expected a mapping of {cls.__name__} fields, got {config!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise InputError(f"{architecture} config: unknown field(s) {unknown}; {cls.__name__} has {sorted(names)}")
+    try:
+        return cls(**config)
+    except TypeError as e:  # e.g. a value of a type the validation cannot compare
+        raise InputError(f"{architecture} config: {e}") from e
+
+
+def build_encoder(architecture: str, config) -> nn.Module:
+    """A freshly initialised encoder of ``architecture`` ('vit' | 'resnet') from its config (dict or dataclass)."""
+    cfg = make_config(architecture, config)
+    return ARCHITECTURES[architecture][1](cfg)
+
+
+def model_name_hint(architecture: str, config) -> tuple[str, str | None]:
+    """(json key, name) of the timm / torchvision model with the same state dict keys and shapes, or None."""
+    cfg = make_config(architecture, config)
+    if architecture == "resnet":
+        return "torchvision_model", cfg.torchvision_name if cfg.in_chans == 3 else None
+    preset = next(
+        (p for p, dims in VIT_PRESETS.items() if all(getattr(cfg, k) == v for k, v in dims.items())), None
+    )
+    H, W = cfg.img_size
+    timm_like = cfg.in_chans == 3 and cfg.mlp_ratio == 4.0 and cfg.qkv_bias and H == W
+    if timm_like and (preset, cfg.patch_size, H) in TIMM_VITS:
+        return "timm_model", f"vit_{preset}_patch{cfg.patch_size}_{H}"
+    return "timm_model", None
+
+
+# ---- comparing state dicts ------------------------------------------------------------------------
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else ""
+    return f"{keys[:MAX_LISTED]}{more}"
+
+
+def state_dict_mismatch(expected: Mapping[str, Tensor], got: Mapping[str, Tensor]) -> str | None:
+    """None when the key sets and shapes agree, else a message listing the first missing / unexpected /
+    wrongly shaped keys."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    bad = [
+        f"{k}: {tuple(got[k].shape)} vs expected {tuple(expected[k].shape)}"
+        for k in expected
+        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_listed(unexpected)}")
+    if bad:
+        parts.append(f"shape mismatches {_listed(bad)}")
+    return "; ".join(parts) or None
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_encoder(encoder: nn.Module, architecture: str, config, out_dir, pretraining: dict | None = None) -> Path:
+    """Write ``out_dir/encoder.safetensors`` and ``out_dir/encoder.json``; returns ``out_dir``.
+
+    ``config`` is the encoder's config (dict of dataclass fields, or the dataclass itself); it must
+    describe ``encoder`` exactly (checked). ``pretraining`` is free-form JSON metadata (method, steps,
+    data, ...) stored as is; values JSON cannot hold are written as strings.
+    """
+    from safetensors.torch import save_file
+
+    cfg = make_config(architecture, config)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    with torch.device("meta"):
+        expected = ARCHITECTURES[architecture][1](cfg).state_dict()  # shapes only: no memory, no init cost
+    problem = state_dict_mismatch(expected, state)
+    if problem:
+        raise InputError(f"export_encoder: the {architecture} config {dataclasses.asdict(cfg)} does not describe this encoder: {problem}")
+    hint_key, hint = model_name_hint(architecture, cfg)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": architecture,
+        "config": dataclasses.asdict(cfg),
+        "weights": WEIGHTS_NAME,
+        hint_key: hint,
+        "pretraining": dict(pretraining or {}),
+    }
+    text = json.dumps(meta, indent=2, default=str) + "\n"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    file_meta = {"format": FORMAT, "version": str(VERSION), "architecture": architecture}
+    _atomic_write(out_dir / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=file_meta))
+    _atomic_write(out_dir / META_NAME, lambda p: p.write_text(text))
+    return out_dir
+
+
+# ---- reading weights ------------------------------------------------------------------------------
+
+
+def _unwrap(obj, where) -> dict[str, Tensor]:
+    """The name -> tensor mapping inside a checkpoint: follows nested 'model' / 'state_dict' entries and
+    strips a leading 'module.' (DistributedDataParallel) from every key."""
+    for _ in range(4):  # e.g. {'state_dict': {'model': {...}}}
+        if not isinstance(obj, Mapping):
+            break
+        nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            break
+        obj = nested
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{where}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise InputError(
+            f"{where}: expected a state dict (name -> tensor) or a checkpoint with a 'model' / 'state_dict' "
+            f"entry; entries that are not tensors: {_listed(not_tensors)}"
+        )
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_state_dict_file(path) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or of a torch-saved ``.pt`` / ``.pth`` / ``.ckpt`` (read with
+    ``weights_only=True``: no code runs). Nested 'model' / 'state_dict' entries are followed and a
+    'module.' prefix is stripped. Raises :class:`InputError` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such weight file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, pickle with code, not a weight file
+        raise InputError(f"{path}: could not read weights ({type(e).__name__}: {e})") from e
+    return _unwrap(obj, path)
+
+
+def encoder_state_from_checkpoint(state, prefix: str = "encoder.") -> dict[str, Tensor]:
+    """The encoder's state dict inside a method checkpoint: the entries under ``prefix``, prefix removed.
+
+    ``state`` is a checkpoint dict (e.g. ``{'model': method.state_dict(), 'step': ...}``), a method
+    state dict, or a path to a weight file (read by :func:`load_state_dict_file`).
+    """
+    where = state if isinstance(state, (str, os.PathLike)) else "checkpoint"
+    sd = load_state_dict_file(state) if isinstance(state, (str, os.PathLike)) else _unwrap(state, where)
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not out:
+        heads = sorted({k.split(".", 1)[0] + "." for k in sd})
+        raise InputError(f"{where}: no keys start with {prefix!r}; top-level names are {_listed(heads)}")
+    return out
+
+
+# ---- load -----------------------------------------------------------------------------------------
+
+
+def _meta_path(path) -> Path:
+    """folder -> folder/encoder.json; x.safetensors -> x.json; x.json -> itself."""
+    path = Path(path)
+    if path.suffix == ".json" and not path.is_dir():
+        return path
+    if path.suffix == ".safetensors" and not path.is_dir():
+        return path.with_suffix(".json")
+    return path / META_NAME
+
+
+def read_encoder_info(path) -> dict:
+    """The validated ``encoder.json`` of an export (``path`` = the folder, the json or the weights)."""
+    meta_path = _meta_path(path)
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: no such file (expected an encoder folder written by export_encoder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"{meta_path}: not a renderssl encoder description (format {found!r}, expected {FORMAT!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > VERSION or version < 1:
+        raise InputError(f"{meta_path}: unsupported version {version!r} (this renderssl reads up to {VERSION})")
+    if meta.get("architecture") not in ARCHITECTURES:
+        raise InputError(f"{meta_path}: architecture {meta.get('architecture')!r} is not one of {list(ARCHITECTURES)}")
+    if not isinstance(meta.get("config"), dict):
+        raise InputError(f"{meta_path}: 'config' must be a mapping of the {meta['architecture']} config fields")
+    meta["_path"] = str(meta_path)
+    return meta
+
+
+def load_encoder(path) -> nn.Module:
+    """Rebuild an exported encoder (``path`` = folder, ``encoder.json`` or the weights) and load its
+    weights strictly. Returns the model in ``eval()`` mode."""
+    meta = read_encoder_info(path)
+    meta_path = Path(meta["_path"])
+    try:
+        model = build_encoder(meta["architecture"], meta["config"])
+    except InputError as e:
+        raise InputError(f"{meta_path}: {e}") from e
+    weights = meta_path.parent / meta.get("weights", WEIGHTS_NAME)
+    state = load_state_dict_file(weights)
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise InputError(f"{weights}: weights do not match the {meta['architecture']} encoder of {meta_path.name}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
