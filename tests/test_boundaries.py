@@ -247,7 +247,7 @@ def test_evaluate_folder_pairs_by_stem(tmp_path):
     for stem in gts:
         write_bsds_ground_truth(gt_dir / f"{stem}.mat", gts[stem])
         Image.fromarray((preds[stem] * 255).round().astype(np.uint8)).save(pred_dir / f"{stem}.png")
-    r = evaluate_folder(pred_dir, gt_dir, thresholds=9)
+    r = evaluate_folder(pred_dir, gt_dir, thresholds=9, workers=2)
     expected = evaluate_boundaries([np.round(preds[s] * 255) / 255 for s in "ab"], [gts[s] for s in "ab"], thresholds=9)
     assert r["names"] == ["a", "b"] and r["ods"] == pytest.approx(expected["ods"]) and r["ap"] == pytest.approx(expected["ap"])
     assert np.array_equal(r["counts"], expected["counts"])

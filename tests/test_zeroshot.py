@@ -147,7 +147,7 @@ def disc_layers():
 
 
 def test_figure_ground_recovers_front_disc(disc_layers):
-    assert (zs.rasterize(disc_over_plane(), ortho_camera()).alpha > 0.99).all()  # the plane covers everything
+    assert (rasterize(disc_over_plane(), ortho_camera()).alpha > 0.99).all()  # the plane covers everything
     r = pixel_radius()
     fg = zs.figure_ground(disc_layers, num_front=1, threshold=0.5)[0]  # the disc: 8 px + ~1 px of blur
     assert fg[r < 7.5].all() and not fg[r > 10].any()

@@ -6,7 +6,9 @@ Ground truth
     One ``<stem>.mat`` per image holding ``groundTruth``, a 1 x k cell array (one cell per human
     annotator) of structs with fields ``Segmentation`` (uint16 labels from 1) and ``Boundaries``
     (logical). Only ``Boundaries`` is used for scoring; when a struct has no ``Boundaries`` it is
-    derived from ``Segmentation`` with :func:`segmentation_boundaries`.
+    derived from ``Segmentation`` with :func:`segmentation_boundaries`. :func:`write_bsds_ground_truth`
+    writes the same layout (``Boundaries`` as uint8 0/1: scipy's ``savemat`` has no logical class;
+    the benchmark converts it with ``double`` anyway).
 
 Thresholds
     ``thresholds=n`` gives the benchmark's n levels ``linspace(1/(n+1), 1 - 1/(n+1), n)`` (n = 99);
@@ -419,24 +421,35 @@ def evaluate_boundaries(
     max_dist: float = MAX_DIST,
     thin: bool = True,
     names: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> dict:
     """BSDS boundary scores of soft edge maps (H, W) in [0, 1] against per-image annotator lists.
 
     Returns ``ods``, ``ois``, ``ap`` (F, F, AP), the ODS/OIS precision, recall and threshold, the
     dataset PR curve (``thresholds``, ``precision``, ``recall``, ``f``), ``ods_f_at_level`` and the
-    per-image ``counts`` (I, T, 4) = [cntR, sumR, cntP, sumP].
+    per-image ``counts`` (I, T, 4) = [cntR, sumR, cntP, sumP]. ``workers`` > 1 counts images in
+    that many processes (results are identical).
     """
     if len(pred_maps) != len(gt_lists) or len(pred_maps) == 0:
         raise InputError(f"evaluate_boundaries: need one ground-truth list per prediction, got {len(pred_maps)} and {len(gt_lists)}")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(pred_maps))]
     levels = threshold_levels(thresholds)
-    counts = []
+    maps, gt_maps = [], []
     for pred, gts, name in zip(pred_maps, gt_lists, names):
         pred = _as_map(pred, name)
         gts = [np.asarray(g, dtype=bool) for g in gts]
         if not gts or any(g.shape != pred.shape for g in gts):
             raise InputError(f"{name}: prediction {pred.shape} needs >= 1 ground-truth map of the same size, got {[g.shape for g in gts]}")
-        counts.append(image_counts(pred, gts, levels, max_dist, thin))
+        maps.append(pred)
+        gt_maps.append(gts)
+    args = (maps, gt_maps, [levels] * len(maps), [max_dist] * len(maps), [thin] * len(maps))
+    if workers > 1 and len(maps) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            counts = list(pool.map(image_counts, *args))
+    else:
+        counts = list(map(image_counts, *args))
     counts = np.stack(counts)  # (I, T, 4)
     return _scores(counts, levels)
 
@@ -486,7 +499,12 @@ def _by_stem(folder: Path, suffix: str) -> dict[str, Path]:
 
 
 def evaluate_folder(
-    pred_dir, gt_dir, thresholds: int | Sequence[float] = NUM_THRESHOLDS, max_dist: float = MAX_DIST, thin: bool = True
+    pred_dir,
+    gt_dir,
+    thresholds: int | Sequence[float] = NUM_THRESHOLDS,
+    max_dist: float = MAX_DIST,
+    thin: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Evaluate ``pred_dir/<stem>.png`` against ``gt_dir/<stem>.mat`` for every stem (see module doc).
 
@@ -508,6 +526,8 @@ def evaluate_folder(
     for s, pm, gl in zip(stems, pred_maps, gt_lists):
         if pm.shape != gl[0].shape:
             raise InputError(f"{preds[s]}: size {pm.shape} differs from its ground truth {gts[s]} {gl[0].shape}")
-    result = evaluate_boundaries(pred_maps, gt_lists, thresholds, max_dist, thin, names=[str(preds[s]) for s in stems])
+    result = evaluate_boundaries(
+        pred_maps, gt_lists, thresholds, max_dist, thin, names=[str(preds[s]) for s in stems], workers=workers
+    )
     result["names"] = stems
     return result

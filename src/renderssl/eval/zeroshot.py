@@ -14,7 +14,9 @@ Choices the paper leaves open (ours):
   k m groups of L, for any N, so coarser layerings are sub-samples of a finer one.
 - **Rendering**: the L prefixes render in one :func:`~renderssl.render.splat.rasterize` call as B L
   batch entries whose opacities are zeroed outside the prefix (a zero-opacity Gaussian is culled,
-  so the last prefix is bit-for-bit the full render). Background defaults to 0 like ``rasterize``.
+  so the last prefix is the full render; only Gaussians at exactly equal depth may composite in
+  another order, which the renderer leaves undefined). Memory grows with B L N Gaussians.
+  Background defaults to 0 like ``rasterize``.
 - **Change of a pixel** is the largest absolute difference over channels (L-infinity), in colour
   units; the default threshold is 0.1.
 - **Layer of a pixel**: the first group whose addition changes the pixel by more than the threshold,
