@@ -22,6 +22,15 @@ from renderssl.models.encoders import ResNet, ResNetConfig, ViTConfig, VisionTra
 SMALL_VIT = dict(preset=None, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread is faster, and immune to OpenMP stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_vit(seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
     model = VisionTransformer(ViTConfig(**SMALL_VIT))
@@ -73,7 +82,8 @@ def test_vit_round_trip_is_exact(tmp_path):
         assert torch.equal(loaded.patch_features(y), model.patch_features(y))
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
-    assert torch.equal(load_encoder(out / "encoder.json").cls_token, model.cls_token)  # json path works too
+    for other in (out / "encoder.json", out / "encoder.safetensors"):  # the json or weights path work too
+        assert torch.equal(load_encoder(other).cls_token, model.cls_token)
     meta = json.loads((out / "encoder.json").read_text())
     assert meta["format"] == "renderssl-encoder" and meta["version"] == 1 and meta["architecture"] == "vit"
     assert meta["config"] == {**SMALL_VIT, "img_size": [32, 32], "in_chans": 3, "mlp_ratio": 4.0, "qkv_bias": True, "norm_eps": 1e-6}
@@ -217,6 +227,23 @@ def test_encoder_from_pretrain_checkpoint(tmp_path):
         assert torch.equal(load_encoder(out)(x), method.encoder(x))
     with pytest.raises(InputError, match=r"no keys start with 'backbone\.'.*decoder\..*encoder\."):
         encoder_state_from_checkpoint(full, prefix="backbone.")
+
+
+def test_real_mae_checkpoint_to_export(tmp_path):
+    """The trainer's checkpoint layout ({'model': method.state_dict(), ...}) and Method.encoder_config()."""
+    from renderssl.methods.mae import MAE, MAEConfig
+
+    torch.manual_seed(0)
+    method = MAE(MAEConfig(encoder=ViTConfig(**SMALL_VIT), decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))
+    torch.save({"model": method.state_dict(), "optimizer": {}, "counters": {"step": 1}}, tmp_path / "step.pt")
+    encoder = VisionTransformer(ViTConfig(**method.encoder_config()))
+    encoder.load_state_dict(encoder_state_from_checkpoint(tmp_path / "step.pt"), strict=True)
+    out = export_encoder(encoder, "vit", method.encoder_config(), tmp_path / "exp", pretraining={"method": "mae"})
+    stored = load_file(str(out / "encoder.safetensors"))
+    assert set(stored) == set(method.encoder.state_dict()) and not any("decoder" in k or "mask_token" in k for k in stored)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_encoder(out)(x), method.encoder.eval()(x))
 
 
 def test_state_dict_files_of_every_kind(tmp_path):

@@ -250,7 +250,8 @@ def _meta_path(path) -> Path:
 
 
 def read_encoder_info(path) -> dict:
-    """The validated ``encoder.json`` of an export (``path`` = the folder, the json or the weights)."""
+    """The validated ``encoder.json`` of an export (``path`` = the folder, the json or the weights), plus
+    ``"_path"``: the json file read."""
     meta_path = _meta_path(path)
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: no such file (expected an encoder folder written by export_encoder)")
