@@ -1,4 +1,13 @@
-"""``renderssl <verb>``: the command-line entry point."""
+"""``renderssl <verb>``: the command-line entry point.
+
+    renderssl demo                                  pretrain GMAE, fine-tune vs scratch, compare
+    renderssl pretrain CONFIG [key=value ...]       CONFIG: a preset (gmae_tiny, mae_base, ...) or a YAML path
+    renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
+    renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
+    renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
+    renderssl data synth --out DIR ...              procedural scenes on disk
+    renderssl bench render | step CONFIG            benchmarks
+"""
 
 from __future__ import annotations
 
@@ -31,9 +40,107 @@ def _bench_render(args) -> None:
     print(format_render_bench(result))
 
 
+def _bench_step(args) -> None:
+    from .bench.step import bench_step, format_step_bench
+    from .experiment import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
+
+
+def _pretrain(args) -> None:
+    from .experiment import load_experiment, run_pretraining
+
+    summary = run_pretraining(load_experiment(args.config, args.overrides), resume=args.resume)
+    print(f"step {summary.steps_done}: loss {summary.last_loss:.4f}; skipped non-finite steps: {summary.skipped_nonfinite}")
+    print(f"run folder {summary.out_dir} (checkpoints, metrics.jsonl, TensorBoard, previews, encoder/)")
+
+
+def _finetune(args) -> None:
+    from .eval.downstream import DownstreamConfig
+    from .finetune import data_config_of, run_comparison, run_finetune, save_json
+    from .train.config import apply_overrides, from_dict
+
+    sections = apply_overrides({}, args.overrides)
+    unknown = set(sections) - {"data", "downstream"}
+    if unknown:
+        raise InputError(f"finetune: overrides go to data.* or downstream.*, got {sorted(unknown)}")
+    data_cfg = data_config_of(args.encoder, **sections.get("data", {}))
+    cfg = from_dict(DownstreamConfig, sections.get("downstream", {}), "downstream")
+    if args.compare:
+        result = run_comparison(args.encoder, data_cfg, cfg, seeds=tuple(range(args.compare)))
+        for name in ("pretrained", "scratch"):
+            print(name, {k: round(v, 4) for k, v in result[name]["mean"].items()})
+    else:
+        result = run_finetune(args.encoder, data_cfg, cfg, scratch=args.scratch)
+        print({k: v for k, v in result["metrics"].items() if isinstance(v, float)})
+    if args.out:
+        print(f"wrote {save_json(result, args.out)}")
+
+
+def _evaluate(args) -> None:
+    from .evaluate import evaluate_run
+
+    if (args.images is None) != (args.gt is None):
+        raise InputError("evaluate: give both --images and --gt, or neither")
+    evaluate_run(args.run, split=args.split, max_frames=args.max_frames, num_layers=args.layers,
+                 images_dir=args.images, gt_dir=args.gt)
+
+
+def _export(args) -> None:
+    from .experiment import export_run
+
+    print(f"exported encoder to {export_run(args.run, args.out, args.checkpoint)}")
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+             label_fraction=args.label_fraction, seeds=tuple(range(args.seeds)))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="renderssl", description="Self-supervised pretraining by differentiable rendering.")
+    parser = argparse.ArgumentParser(prog="renderssl", description="Self-supervised pretraining by differentiable rendering.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
+
+    demo = verbs.add_parser("demo", help="pretrain GMAE on synthetic scenes, fine-tune segmentation vs scratch, compare")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--pretrain-steps", type=int, default=300)
+    demo.add_argument("--finetune-steps", type=int, default=150)
+    demo.add_argument("--label-fraction", type=float, default=0.25)
+    demo.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per encoder")
+    demo.set_defaults(handler=_demo)
+
+    pre = verbs.add_parser("pretrain", help="pretrain a recipe (torchrun for several processes)")
+    pre.add_argument("config", help="preset name or YAML path")
+    pre.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
+    pre.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
+    pre.set_defaults(handler=_pretrain)
+
+    fin = verbs.add_parser("finetune", help="fine-tune an exported encoder on a downstream task")
+    fin.add_argument("encoder", help="exported encoder folder (renderssl export / <run>/encoder)")
+    fin.add_argument("overrides", nargs="*", help="downstream.task=depth, downstream.steps=300, data.test_scenes=8, ...")
+    fin.add_argument("--scratch", action="store_true", help="same architecture, fresh initialisation")
+    fin.add_argument("--compare", type=int, default=0, metavar="SEEDS", help="pretrained vs scratch over SEEDS seeds")
+    fin.add_argument("--out", help="write the result as JSON")
+    fin.set_defaults(handler=_finetune)
+
+    ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run")
+    ev.add_argument("run", help="a renderssl pretrain output folder")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--max-frames", type=int, default=64)
+    ev.add_argument("--layers", type=int, default=16, help="depth layers for GMAE zero-shot edges (paper: 16)")
+    ev.add_argument("--images", help="folder of images for BSDS-protocol edge evaluation (GMAE)")
+    ev.add_argument("--gt", help="folder of BSDS500 groundTruth .mat files named like the images")
+    ev.set_defaults(handler=_evaluate)
+
+    ex = verbs.add_parser("export", help="export the encoder of a pretraining run")
+    ex.add_argument("run")
+    ex.add_argument("--out", help="output folder (default <run>/encoder)")
+    ex.add_argument("--checkpoint", default="last.pt")
+    ex.set_defaults(handler=_export)
 
     data = verbs.add_parser("data", help="make or convert data").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write procedural RGB-D scenes (ScanNet-style and Blender layouts) and a preview")
@@ -45,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--formats", default="scannet,blender", help="comma-separated: scannet, blender, 7scenes, llff")
     synth.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene i has seed + i)")
     synth.add_argument("--no-preview", action="store_true")
-    synth.set_defaults(run=_data_synth)
+    synth.set_defaults(handler=_data_synth)
 
     bench = verbs.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     render = bench.add_parser("render", help="Gaussian rasterizer (dense vs tiles) and volume renderer speed")
@@ -54,14 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--dense-max-pairs", type=float, default=2.7e8, help="run dense only where N x pixels <= this")
     render.add_argument("--device", default="cpu")
     render.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    render.set_defaults(run=_bench_render)
+    render.set_defaults(handler=_bench_render)
+    step = bench.add_parser("step", help="training-step time, images/s, GFLOP/s; GMAE vs MAE at the same encoder")
+    step.add_argument("config", help="preset name or YAML path")
+    step.add_argument("overrides", nargs="*")
+    step.add_argument("--device", default="cpu")
+    step.add_argument("--repeats", type=int, default=10)
+    step.set_defaults(handler=_bench_step)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except InputError as err:
         print(f"renderssl: error: {err}", file=sys.stderr)
         return 2

@@ -67,3 +67,58 @@ def pretraining_dataset(cfg: ExperimentConfig):
     from .data.datasets import ImageDataset
 
     return ImageDataset(load_split(cfg.data, "train"), size=(cfg.data.height, cfg.data.width))
+
+
+# ---- runs: pretrain, reload, export ----------------------------------------------------------------
+
+ENCODER_DIR = "encoder"
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
+    """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0."""
+    from .train import Trainer
+    from .train.config import to_dict
+
+    method = build_method(cfg)
+    summary = Trainer(method, pretraining_dataset(cfg), cfg.train, cfg.optim, config_dict=to_dict(cfg)).fit(resume)
+    if _rank() == 0:
+        export_method_encoder(cfg, method, Path(cfg.train.out_dir) / ENCODER_DIR, steps=summary.steps_done)
+    return summary
+
+
+def export_method_encoder(cfg: ExperimentConfig, method: Method, out_dir, steps: int | None = None) -> Path:
+    from .export import export_encoder
+    from .train.config import to_dict
+
+    info = {"method": cfg.method, "steps": steps, "data": to_dict(cfg.data), "method_config": to_dict(cfg.method_config)}
+    return export_encoder(method.encoder, "vit", method.encoder_config(), out_dir, pretraining=info)
+
+
+def load_run(run_dir, checkpoint: str = "last.pt") -> tuple[ExperimentConfig, Method]:
+    """The config and the trained method of a ``renderssl pretrain`` output folder."""
+    from .train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise InputError(f"{run_dir}: not a pretraining run (no config.yaml)")
+    cfg = load_experiment(config_path)
+    method = build_method(cfg)
+    state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    method.load_state_dict(state["model"])
+    return cfg, method.eval()
+
+
+def export_run(run_dir, out_dir=None, checkpoint: str = "last.pt") -> Path:
+    """Export the encoder of a run's checkpoint (default ``<run>/encoder``)."""
+    from .train.checkpoint import load_checkpoint
+
+    cfg, method = load_run(run_dir, checkpoint)
+    steps = int(load_checkpoint(Path(run_dir) / "checkpoints" / checkpoint).get("step", 0))
+    return export_method_encoder(cfg, method, out_dir or Path(run_dir) / ENCODER_DIR, steps=steps)

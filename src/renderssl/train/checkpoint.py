@@ -123,6 +123,15 @@ def save_run_checkpoint(directory, step: int, state: dict, keep: int) -> Path:
     return last
 
 
+def remove_temp_files(directory) -> list[Path]:
+    """Delete temporary files that a process killed mid-write left in ``directory``."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def clear_run_checkpoints(directory) -> list[Path]:
     """Delete ``last.pt`` and the step files of an earlier run in ``directory``; returns what was deleted."""
     directory = Path(directory)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
 from ..viz import save_grid
-from .checkpoint import LAST, clear_run_checkpoints, load_checkpoint, rng_state, save_run_checkpoint, set_rng_state
+from .checkpoint import LAST, clear_run_checkpoints, load_checkpoint, remove_temp_files, rng_state, save_run_checkpoint, set_rng_state
 from .config import OptimConfig, TrainConfig, to_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from .logger import METRICS, TrainLogger
@@ -116,6 +116,8 @@ def move_to_device(batch, device: torch.device):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
     return batch
@@ -208,6 +210,8 @@ class Trainer:
             gone = clear_run_checkpoints(self.checkpoint_dir)
             if gone:
                 log.warning("%s: starting a fresh run; deleted %d checkpoint(s) of an earlier run", self.out_dir, len(gone))
+        if ctx.is_main:
+            remove_temp_files(self.checkpoint_dir)  # left by a process killed mid-write
         barrier()  # rank 0 has cleared old files before anyone writes new ones
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
