@@ -188,8 +188,7 @@ def select_label_fraction(viewsets: list[ViewSet], fraction: float, seed: int) -
 
 def check_disjoint_scenes(train: list[ViewSet], test: list[ViewSet]) -> None:
     """Raise :class:`InputError` if a scene is unnamed or named in both ``train`` and ``test``."""
-    unnamed = [i for i, v in enumerate(list(train) + list(test)) if not v.name]
-    if unnamed:
+    if any(not v.name for v in list(train) + list(test)):
         raise InputError("downstream: every scene needs a name to prove train and test are disjoint")
     shared = sorted({v.name for v in train} & {v.name for v in test})
     if shared:
@@ -334,8 +333,8 @@ def param_groups(model: DownstreamModel, weight_decay: float, layer_decay: float
     def add(name: str, param: Tensor, layer: int) -> None:
         scale = layer_decay ** (num_blocks + 1 - layer) if blocks is not None else 1.0
         decay = uses_weight_decay(name, param)
-        group = groups.setdefault((scale, decay), {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
-        group["params"].append(param)
+        new = {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0}
+        groups.setdefault((scale, decay), new)["params"].append(param)
 
     for name, param in model.encoder.named_parameters():
         if param.requires_grad:
@@ -520,7 +519,7 @@ def with_seed(cfg: DownstreamConfig, seed: int) -> DownstreamConfig:
 
 def summarise_runs(runs: list[dict]) -> dict:
     """Mean and sample std (ddof 1; 0 for one run) of every scalar metric over runs."""
-    keys = [k for k, v in runs[0]["metrics"].items() if isinstance(v, float) and k not in ("num_frames", "num_scenes")]
+    keys = [k for k, v in runs[0]["metrics"].items() if isinstance(v, float)]  # counts are ints, iou a list
     values = {k: torch.tensor([r["metrics"][k] for r in runs], dtype=torch.float64) for k in keys}
     return {
         "runs": runs,
