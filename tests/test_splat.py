@@ -8,6 +8,9 @@ import torch
 from renderssl.errors import InputError
 from renderssl.geometry import Cameras, intrinsics_matrix, look_at
 from renderssl.render.splat import Gaussians, covariance_3d, project_gaussians, rasterize
+from renderssl.render.splat_compiled import compiled_kernel
+
+FAST = ["tiles", pytest.param("compiled", marks=pytest.mark.skipif(compiled_kernel() is None, reason="no C++ compiler"))]
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -62,17 +65,18 @@ def pixel_loop_twin(gauss, cams, b, v, i, j, background):
     return color + T * background, depth / max(1 - T, 1e-10), 1 - T, terminated
 
 
+@pytest.mark.parametrize("fast", FAST)
 @pytest.mark.parametrize("model", ["pinhole", "ortho"])
-def test_dense_and_tiles_agree_values_and_gradients(model):
+def test_dense_and_fast_backends_agree_values_and_gradients(model, fast):
     gauss, cams = random_scene(model=model, D=5)
     bg = torch.linspace(0.1, 0.5, 5, dtype=torch.float64)
     results = {}
-    for backend in ("dense", "tiles"):
+    for backend in ("dense", fast):
         g = with_grad(gauss)
         out = rasterize(g, cams, background=bg, backend=backend)
         grads = torch.autograd.grad(loss_of(out), [getattr(g, p) for p in PARAMS])
         results[backend] = (out, grads)
-    (dense, g_dense), (tiles, g_tiles) = results["dense"], results["tiles"]
+    (dense, g_dense), (tiles, g_tiles) = results["dense"], results[fast]
     assert tiles.overflow == 0 and tiles.max_per_tile > 10
     assert dense.alpha.max() > 0.9 and dense.alpha.min() == 0  # both covered and empty pixels
     for name in ("color", "depth", "alpha"):
@@ -94,7 +98,8 @@ def test_both_backends_match_per_pixel_loop():
     gauss, cams = random_scene(B=1, V=1, N=300, seed=5, scale=0.25)  # large and overlapping
     gauss.opacities = 0.7 + 0.29 * gauss.opacities  # opaque enough that pixels terminate early
     bg = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
-    outs = [rasterize(gauss, cams, background=bg, backend=b) for b in ("dense", "tiles")]
+    backends = ("dense", "tiles") + (("compiled",) if compiled_kernel() is not None else ())
+    outs = [rasterize(gauss, cams, background=bg, backend=b) for b in backends]
     gen = torch.Generator().manual_seed(0)
     pixels = [(15, 20), (0, 0), (29, 39)] + [tuple(x) for x in torch.randint(0, 30, (12, 2), generator=gen).tolist()]
     terminated = 0
@@ -178,7 +183,7 @@ def test_front_gaussian_occludes_back_one_in_any_input_order():
         assert abs(float(a.depth[0, 0, 0, 8, 8]) - float((2 * centre[0] + 4 * centre[1]) / centre[:2].sum())) < 1e-9
 
 
-@pytest.mark.parametrize("backend", ["dense", "tiles"])
+@pytest.mark.parametrize("backend", ["dense"] + FAST)
 def test_gradcheck_float64(backend):
     gauss, cams = random_scene(B=1, V=2, N=6, W=12, H=10, seed=7, scale=0.4)
     bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
@@ -235,6 +240,7 @@ def test_bad_inputs_raise_before_work():
         rasterize(gauss, cams, backend="cuda")
     with pytest.raises(InputError, match="gsplat"):
         rasterize(gauss, cams, backend="gsplat")
+    assert rasterize(gauss, cams, backend="auto").color.shape == (1, 1, 3, 30, 40)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

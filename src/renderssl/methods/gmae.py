@@ -60,7 +60,7 @@ class GMAEConfig:
     camera_distance: float = 2.0  # camera z of a Gaussian = distance + tanh(z)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     loss: str = "masked"  # masked | all | masked_norm
-    render_backend: str = "tiles"
+    render_backend: str = "auto"  # compiled CPU kernel when it builds, gsplat on CUDA, else tiles
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -30,7 +30,11 @@ Backends behind :func:`rasterize`:
   tile; Gaussians go through in depth chunks (16, 32, then 64 deep, in blocks of tiles of at most 2^19
   alpha entries) and a tile stops once all its pixels have terminated.
   Identical to ``dense`` wherever no tile overflows (up to float rounding of the polynomial form).
+- ``compiled``: the tiles backend with its compositing step done by a per-pixel C++ loop
+  (render/splat_compiled.py; built on first use, CPU only), gsplat's algorithm on the CPU.
 - ``gsplat``: gsplat's CUDA rasterizer, used only when gsplat is installed and the tensors are on CUDA.
+- ``auto``: ``gsplat`` for CUDA tensors when installed, else ``compiled`` on CPU when it builds, else
+  ``tiles``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 TILE = 16
-BACKENDS = ("tiles", "dense", "gsplat")
+BACKENDS = ("tiles", "dense", "compiled", "gsplat", "auto")
 
 
 @dataclass
@@ -404,7 +408,7 @@ def _bin_to_tiles(proj: Projected, tiles_x: int, tiles_y: int) -> tuple[Tensor, 
 
 
 def _rasterize_tiles(
-    proj: Projected, colors: Tensor, cameras: Cameras, max_per_tile: int, depth_chunk: int = 64
+    proj: Projected, colors: Tensor, cameras: Cameras, max_per_tile: int, depth_chunk: int = 64, compiled: bool = False
 ) -> tuple[Tensor, Tensor, int, int]:
     B, V, N = proj.depths.shape
     D = colors.shape[-1]
@@ -436,7 +440,12 @@ def _rasterize_tiles(
         proj.means2d.reshape(G, 2)[gauss] - origins, proj.conics.reshape(G, 3)[gauss], log_opac[gauss]
     )  # (M, 6)
     values = torch.cat([colors[:, None].expand(B, V, N, D), proj.depths[..., None]], dim=-1).reshape(G, D + 1)
-    out, T = _CompositeTiles.apply(coef, values, gauss, starts[active], counts[active], depth_chunk)
+    if compiled:
+        from .splat_compiled import CompositeTilesCompiled
+
+        out, T = CompositeTilesCompiled.apply(coef, values, gauss, starts[active], counts[active])
+    else:
+        out, T = _CompositeTiles.apply(coef, values, gauss, starts[active], counts[active], depth_chunk)
 
     # Scatter active tiles into the full tile grid; empty tiles are fully transparent.
     P = TILE * TILE
@@ -490,6 +499,14 @@ def _rasterize_gsplat(gaussians, cameras, background, near_plane, far_plane, eps
 # ---------------------------------------------------------------------------------------------------
 
 
+def resolve_auto_backend(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "gsplat" if gsplat_available() else "tiles"
+    from .splat_compiled import compiled_kernel
+
+    return "compiled" if device.type == "cpu" and compiled_kernel() is not None else "tiles"
+
+
 def _check_inputs(gaussians: Gaussians, cameras: Cameras, background: Tensor | None) -> Cameras:
     gaussians.validate()
     B = gaussians.means.shape[0]
@@ -524,6 +541,10 @@ def rasterize(
     if backend not in BACKENDS:
         raise InputError(f"rasterize: unknown backend {backend!r}; expected one of {BACKENDS}")
     cameras = _check_inputs(gaussians, cameras, background)
+    if backend == "auto":
+        backend = resolve_auto_backend(gaussians.means.device)
+    if backend == "compiled" and gaussians.means.device.type != "cpu":
+        raise InputError("rasterize: backend 'compiled' runs on CPU tensors; use 'gsplat' or 'tiles' on CUDA")
     if backend == "gsplat":
         if not (gsplat_available() and gaussians.means.is_cuda):
             raise InputError("rasterize: backend 'gsplat' needs the gsplat package and CUDA tensors; use 'tiles' on CPU")
@@ -535,7 +556,7 @@ def rasterize(
     else:
         if max_per_tile < 1:
             raise InputError(f"rasterize: max_per_tile must be >= 1, got {max_per_tile}")
-        out, T, overflow, biggest = _rasterize_tiles(proj, gaussians.colors, cameras, max_per_tile)
+        out, T, overflow, biggest = _rasterize_tiles(proj, gaussians.colors, cameras, max_per_tile, compiled=backend == "compiled")
 
     B, V = cameras.batch_shape
     H, W = cameras.height, cameras.width
