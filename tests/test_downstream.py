@@ -30,13 +30,7 @@ from renderssl.models.encoders import ViTConfig, VisionTransformer
 from renderssl.train.config import ConfigError, DataConfig, from_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads stall badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit() -> VisionTransformer:

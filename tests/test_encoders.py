@@ -18,13 +18,7 @@ from renderssl.models.encoders import ResNet, ResNetConfig, ViTConfig, VisionTra
 from renderssl.models.encoders.pos_embed import sincos_2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and immune to OpenMP stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes(model) -> list[tuple[str, tuple[int, ...]]]:

@@ -22,13 +22,7 @@ from renderssl.models.encoders import ResNet, ResNetConfig, ViTConfig, VisionTra
 SMALL_VIT = dict(preset=None, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and immune to OpenMP stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_vit(seed: int = 0) -> VisionTransformer:

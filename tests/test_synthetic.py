@@ -1,14 +1,13 @@
 """Procedural scenes (data/synthetic.py): determinism, exact z-depth, analytic primitives, multi-view
 consistency, labels, point clouds and the generation-speed goal."""
 
-import math
 import time
 
 import pytest
 import torch
 
 from renderssl.data.synthetic import (
-    BOX, CLASS_NAMES, CLASS_SPECS, ELLIPSOID, FRUSTUM, OBJECT_CLASSES, QUAD, SyntheticConfig,
+    BOX, CLASS_NAMES, CLASS_SPECS, ELLIPSOID, FRUSTUM, OBJECT_CLASSES, SyntheticConfig,
     generate_scene, intersect_boxes, intersect_ellipsoids, intersect_frustums, intersect_quads,
     make_scene_layout, render_layout, render_rays, scene_cameras, viewset_to_pointcloud,
 )

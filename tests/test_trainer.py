@@ -1,7 +1,6 @@
 """Training engine: lr schedule, parameter groups, resumable sampler, atomic checkpoints, exact resume
 after SIGKILL, 2-process DDP parity, non-finite loss skipping, logs and previews."""
 
-import json
 import math
 import os
 import signal
@@ -33,16 +32,10 @@ from renderssl.train import (
 from renderssl.train.checkpoint import rng_state, set_rng_state
 
 FIXTURE = str(Path(__file__).with_name("_train_fixture.py"))
+# Subprocesses run with OMP_NUM_THREADS=1; in-process runs compared with them bit for bit use the
+# one_thread fixture (tests/conftest.py) for the same thread count.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-
-@pytest.fixture
-def one_thread():
-    """Subprocesses run with OMP_NUM_THREADS=1; in-process runs must use the same thread count to match bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def losses(out_dir) -> dict[int, float]:

@@ -29,7 +29,6 @@ Our choices where the paper is silent (REFERENCE.md section 6 lists what is unco
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

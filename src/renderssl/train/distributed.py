@@ -58,7 +58,7 @@ def _env_int(key: str, default: int) -> int:
 
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    world, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    world, local_rank = _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     where = resolve_device(device, local_rank)
     if where.type == "cuda":
         torch.cuda.set_device(where)

@@ -4,7 +4,6 @@ query tokens appended)."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..encoders.pos_embed import sincos_2d
