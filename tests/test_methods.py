@@ -114,7 +114,7 @@ def test_tiny_model_reduces_its_loss_on_a_fixed_batch(factory, ratio):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
     assert losses[-1] < ratio * losses[0], losses[::8]
     names = [n for n, _ in model.preview_panels({"image": images}, out)]
     assert names[:3] == ["input", "masked", names[2]] and all(img.shape[0] == 3 for _, img in model.preview_panels({"image": images}, out))

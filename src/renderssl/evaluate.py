@@ -23,7 +23,7 @@ from .data.build import load_split
 from .errors import InputError
 from .eval.boundaries import evaluate_boundaries, read_bsds_ground_truth, segmentation_boundaries
 from .eval.metrics import psnr, ssim
-from .eval.zeroshot import zero_shot_edges
+from .eval.zeroshot import figure_ground, layer_assignment, render_layers, zero_shot_edges
 from .experiment import ExperimentConfig, load_run
 from .methods.base import Method
 from .viz import colorize_labels, save_grid
@@ -57,6 +57,15 @@ def gmae_edges(method, images: torch.Tensor, num_layers: int, batch: int = 16) -
         gaussians, _, camera = method.predict_gaussians(images[i:i + batch], mask_ratio=0.0)
         out.append(zero_shot_edges(gaussians, camera, num_layers, background=method.background, hierarchical=True))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def gmae_layer_pictures(method, images: torch.Tensor, num_layers: int = 4) -> tuple[list, list]:
+    """Renders of the front group alone and figure-ground masks (front group) of a few images."""
+    gaussians, _, camera = method.predict_gaussians(images, mask_ratio=0.0)
+    layers = render_layers(gaussians, camera, num_layers, background=method.background)  # (B, L, 3, H, W)
+    masks = figure_ground(layer_assignment(layers, background=method.background), num_front=1)  # (B, H, W)
+    return list(layers[:, 0].clamp(0, 1)), [m.float().expand(3, -1, -1) for m in masks]
 
 
 def edge_scores(edges: torch.Tensor, gt_lists: list[list[np.ndarray]]) -> dict:
@@ -111,10 +120,12 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
         result["zero_shot_edges"] = edges
         rows.append([e.expand(3, -1, -1) for e in edges["examples"]])
         rows.append([colorize_labels(i) for i in instance[:4]])
+        front, masks = gmae_layer_pictures(method, images[:4])
+        rows += [front, masks]
         if images_dir is not None:
             result["bsds"] = zero_shot_folder(cfg, method, images_dir, gt_dir, num_layers)
             log(f"zero-shot edges on {images_dir}: ODS {result['bsds']['ods']:.3f}, OIS {result['bsds']['ois']:.3f}, AP {result['bsds']['ap']:.3f}")
-    picture = save_grid(rows, run_dir / "evaluation.png", scale=2)
+    picture = save_grid(rows, run_dir / "evaluation.png", scale=2)  # rows: input, reconstruction[, edges, instances, front layer, figure-ground]
     for part in ("reconstruction", "zero_shot_edges"):
         result.get(part, {}).pop("examples", None)
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
