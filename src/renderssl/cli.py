@@ -4,6 +4,7 @@
     renderssl pretrain CONFIG [key=value ...]       CONFIG: a preset (gmae_tiny, mae_base, ...) or a YAML path
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
     renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
+    renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
     renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
     renderssl data synth --out DIR ...              procedural scenes on disk
     renderssl bench render | step CONFIG            benchmarks
@@ -82,6 +83,20 @@ def _finetune(args) -> None:
         print(f"wrote {save_json(result, args.out)}")
 
 
+def _compare(args) -> None:
+    from .compare import CompareConfig, run_compare
+    from .train.config import apply_overrides, from_dict
+
+    encoders = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    data = {
+        "encoders": encoders, "names": [n for n in args.names.split(",") if n], "seeds": args.seeds,
+        "tasks": [t for t in args.tasks.split(",") if t], "fractions": [float(f) for f in args.fractions.split(",") if f],
+        "scratch": not args.no_scratch, "out_dir": args.out,
+    }
+    run_compare(from_dict(CompareConfig, apply_overrides(data, overrides), "compare"))
+
+
 def _evaluate(args) -> None:
     from .evaluate import evaluate_run
 
@@ -130,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--compare", type=int, default=0, metavar="SEEDS", help="pretrained vs scratch over SEEDS seeds")
     fin.add_argument("--out", help="write the result as JSON")
     fin.set_defaults(handler=_finetune)
+
+    cmp = verbs.add_parser("compare", help="fine-tune encoders and scratch at several label fractions and seeds; table + plot")
+    cmp.add_argument("items", nargs="+", help="encoder or run folders, then key=value overrides (downstream.steps=100, ...)")
+    cmp.add_argument("--names", default="", help="comma-separated labels (default: each encoder's recipe)")
+    cmp.add_argument("--tasks", default="segmentation,depth", help="segmentation, depth, classification")
+    cmp.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0", help="label fractions of the training scenes")
+    cmp.add_argument("--seeds", type=int, default=3)
+    cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
+    cmp.add_argument("--out", default="runs/compare")
+    cmp.set_defaults(handler=_compare)
 
     ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run")
     ev.add_argument("run", help="a renderssl pretrain output folder")

@@ -1,0 +1,62 @@
+"""renderssl compare: held-out checks, aggregation, the markdown table and the plot."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from renderssl.compare import CompareConfig, check_held_out, run_compare, summarise
+from renderssl.errors import InputError
+from renderssl.eval.report import markdown_table, plot_metric
+from renderssl.export import export_encoder
+from renderssl.models.encoders import ViTConfig, VisionTransformer
+from renderssl.train.config import DataConfig, to_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DATA = DataConfig(width=32, height=32, views=3, train_scenes=2, val_scenes=1, test_scenes=1)
+
+
+def exported(tmp_path, name, data: DataConfig):
+    cfg = ViTConfig(preset=None, embed_dim=48, depth=1, num_heads=3, img_size=32, patch_size=8)
+    return export_encoder(VisionTransformer(cfg), "vit", cfg, tmp_path / name, pretraining={"method": name, "data": to_dict(data)})
+
+
+def test_summarise_hand_case():
+    mean, std, n = summarise([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and abs(std - 1.0) < 1e-12
+
+
+def test_encoder_that_saw_a_test_scene_is_refused(tmp_path):
+    ok = exported(tmp_path, "ok", DATA)
+    check_held_out([ok], DATA)
+    wide = exported(tmp_path, "wide", DataConfig(train_scenes=10))  # pretrained on seeds 0..9, incl. DATA's test seed 3
+    with pytest.raises(InputError, match="pretrained on 1 of the test scenes"):
+        check_held_out([wide], DATA)
+
+
+def test_table_and_plot(tmp_path):
+    rows = {"a": {0.1: (0.5, 0.01, 3), 1.0: (0.7, 0.02, 3)}, "scratch": {0.1: (0.4, 0.03, 3), 1.0: (0.6, 0.0, 3)}}
+    table = markdown_table(rows, [0.1, 1.0], "mIoU")
+    assert "| a | 0.500 ± 0.010 | 0.700 ± 0.020 |" in table and "10% labels" in table
+    path = plot_metric(rows, [0.1, 1.0], "mIoU", tmp_path / "p.png")
+    assert Image.open(path).size == (560, 380)
+
+
+def test_run_compare_end_to_end(tmp_path):
+    enc = exported(tmp_path, "gmae", DATA)
+    cfg = CompareConfig(encoders=[str(enc)], tasks=["segmentation", "depth"], fractions=[0.5, 1.0], seeds=2,
+                        out_dir=str(tmp_path / "cmp"))
+    cfg.downstream.steps, cfg.downstream.batch_size = 2, 2
+    result = run_compare(cfg, log=lambda s: None)
+    runs = result["tasks"]["segmentation"]["runs"]
+    assert set(runs) == {"gmae", "scratch"} and all(len(v) == 2 for r in runs.values() for v in r.values())
+    for name in ("comparison.md", "results.json", "segmentation.png", "depth.png"):
+        assert (tmp_path / "cmp" / name).is_file()
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["tasks"]["depth"]["metric"] == "abs_rel"
+
+
+def test_bad_compare_configs():
+    with pytest.raises(InputError, match="at least one encoder"):
+        CompareConfig()
+    with pytest.raises(InputError, match="unknown"):
+        CompareConfig(encoders=["x"], tasks=["detection"])
