@@ -109,6 +109,9 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
                  images_dir=None, gt_dir=None, log=print) -> dict:
     run_dir = Path(run_dir)
     cfg, method = load_run(run_dir)
+    if cfg.method not in RECONSTRUCTION_KEY:
+        raise InputError(f"evaluate: {run_dir} is a {cfg.method} run; evaluate covers {sorted(RECONSTRUCTION_KEY)} "
+                         "(score other encoders downstream with renderssl compare / finetune)")
     images, instance = split_frames(cfg, split, max_frames)
     recon = reconstruction_scores(cfg, method, images)
     log(f"{cfg.method} reconstruction on {recon['frames']} {split} frames: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}")

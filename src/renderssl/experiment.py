@@ -14,9 +14,10 @@ from .errors import InputError
 from .methods.base import Method
 from .methods.gmae import GMAE, GMAEConfig
 from .methods.mae import MAE, MAEConfig
+from .methods.mask3d import Mask3D, Mask3DConfig
 from .train.config import DataConfig, OptimConfig, TrainConfig, load_config
 
-RECIPES = {"mae": MAE, "gmae": GMAE}
+RECIPES = {"mae": MAE, "gmae": GMAE, "mask3d": Mask3D}
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -25,6 +26,7 @@ class ExperimentConfig:
     method: str = "gmae"
     mae: MAEConfig = field(default_factory=MAEConfig)
     gmae: GMAEConfig = field(default_factory=GMAEConfig)
+    mask3d: Mask3DConfig = field(default_factory=Mask3DConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -61,12 +63,17 @@ def build_method(cfg: ExperimentConfig) -> Method:
     return RECIPES[cfg.method](cfg.method_config)
 
 
-def pretraining_dataset(cfg: ExperimentConfig):
-    """Images of the training scenes (the val and test scenes are never seen in pretraining)."""
+def pretraining_data(cfg: ExperimentConfig):
+    """(Dataset, collate_fn) of the training scenes in the sample type the recipe trains on: single
+    images (``sample_type = "image"``) or RGB-D frames (``"rgbd"``). The val and test scenes are never
+    seen in pretraining."""
     from .data.build import load_split
-    from .data.datasets import ImageDataset
+    from .data.datasets import ImageDataset, RGBDFrameDataset, collate_stacked
 
-    return ImageDataset(load_split(cfg.data, "train"), size=(cfg.data.height, cfg.data.width))
+    scenes = load_split(cfg.data, "train")
+    if getattr(RECIPES[cfg.method], "sample_type", "image") == "rgbd":
+        return RGBDFrameDataset(scenes, size=(cfg.data.height, cfg.data.width)), collate_stacked
+    return ImageDataset(scenes, size=(cfg.data.height, cfg.data.width)), None
 
 
 # ---- runs: pretrain, reload, export ----------------------------------------------------------------
@@ -86,7 +93,8 @@ def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
     from .train.config import to_dict
 
     method = build_method(cfg)
-    summary = Trainer(method, pretraining_dataset(cfg), cfg.train, cfg.optim, config_dict=to_dict(cfg)).fit(resume)
+    dataset, collate = pretraining_data(cfg)
+    summary = Trainer(method, dataset, cfg.train, cfg.optim, collate_fn=collate, config_dict=to_dict(cfg)).fit(resume)
     if _rank() == 0:
         export_method_encoder(cfg, method, Path(cfg.train.out_dir) / ENCODER_DIR, steps=summary.steps_done)
     return summary
@@ -109,6 +117,8 @@ def load_run(run_dir, checkpoint: str = "last.pt") -> tuple[ExperimentConfig, Me
     if not config_path.is_file():
         raise InputError(f"{run_dir}: not a pretraining run (no config.yaml)")
     cfg = load_experiment(config_path)
+    if cfg.method == "mask3d":
+        cfg.mask3d.init_from = None  # the checkpoint holds the trained weights; the Stage-I source may be gone
     method = build_method(cfg)
     state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     method.load_state_dict(state["model"])

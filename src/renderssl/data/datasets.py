@@ -161,9 +161,11 @@ class ImageDataset(Dataset):
 class RGBDFrameDataset(Dataset):
     """Every frame of every scene as one RGB-D sample (keys in the module docstring)."""
 
-    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_size: int = 2):
+    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_size: int = 2,
+                 size: tuple[int, int] | None = None):
         self.scenes = SceneList(scenes, ViewSet, cache_size)
         self.require_depth = require_depth
+        self.size = tuple(size) if size is not None else None  # (H, W): resample every frame, K follows
         self.index = FrameIndex(self.scenes.lengths(lengths))
 
     def __len__(self) -> int:
@@ -172,6 +174,10 @@ class RGBDFrameDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         scene, frame = self.index.locate(idx)
         vs = self.scenes[scene]
+        sample = self._frame(vs, scene, frame)
+        return sample if self.size is None else resize_frame(sample, *self.size)
+
+    def _frame(self, vs: ViewSet, scene: int, frame: int) -> dict:
         sample = {
             "rgb": vs.rgb[frame].float(),  # (3, H, W)
             "depth": depth_or_zeros(vs, frame, self.require_depth, "RGBDFrameDataset").float(),  # (1, H, W)
@@ -186,6 +192,25 @@ class RGBDFrameDataset(Dataset):
             if getattr(vs, key) is not None:
                 sample[key] = getattr(vs, key)[frame].long()  # (H, W)
         return sample
+
+
+def resize_frame(sample: dict, height: int, width: int) -> dict:
+    """An RGB-D sample resampled to (height, width): colour antialiased bilinear, depth and labels by
+    nearest pixel centre (holes stay holes, no depth is invented across edges), K scaled to match."""
+    from .formats.images import resize_labels, resize_rgb
+
+    h, w = sample["rgb"].shape[-2:]
+    if (h, w) == (height, width):
+        return sample
+    out = dict(sample, rgb=resize_rgb(sample["rgb"], width, height), depth=resize_labels(sample["depth"][0], width, height)[None])
+    for key in ("semantic", "instance"):
+        if key in sample:
+            out[key] = resize_labels(sample[key], width, height)
+    K = sample["K"].clone()
+    K[0] *= width / w
+    K[1] *= height / h
+    out["K"] = K
+    return out
 
 
 # ---- multi-view -----------------------------------------------------------------------------------

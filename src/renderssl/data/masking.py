@@ -66,3 +66,58 @@ def mask_to_pixels(mask: Tensor, p: int, grid: tuple[int, int]) -> Tensor:
     """(B, L) patch mask -> (B, 1, gh*p, gw*p) pixel mask."""
     B = mask.shape[0]
     return mask.reshape(B, 1, *grid).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+
+
+# ---- Mask3D: disjoint colour and depth patches -------------------------------------------------------
+
+
+@dataclass
+class RGBDMasks:
+    """Which patches of a frame are given as colour and which as depth (never both).
+
+    The shuffled order of the L patches is [colour patches | depth patches | uncovered patches]; the
+    masks follow MAE's convention (1 = removed, 0 = given), in the original patch order.
+    """
+
+    rgb_ids: Tensor  # (B, n_rgb) indices of the patches given as colour, in shuffled order
+    depth_ids: Tensor  # (B, n_depth) indices of the patches given as depth, in shuffled order
+    ids_restore: Tensor  # (B, L) position of each original patch in the shuffled order
+    rgb_mask: Tensor  # (B, L) 1 = colour removed, 0 = colour given
+    depth_mask: Tensor  # (B, L) 1 = depth removed, 0 = depth given
+
+    @property
+    def uncovered(self) -> Tensor:
+        """(B, L) 1 where neither colour nor depth is given (the mask-token places)."""
+        return self.rgb_mask * self.depth_mask
+
+    @staticmethod
+    def gather(tokens: Tensor, ids: Tensor) -> Tensor:
+        """(B, L, D) tokens, (B, n) indices -> (B, n, D)."""
+        return torch.gather(tokens, 1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def keep_count(length: int, keep: float) -> int:
+    """Number of kept patches: int(length * keep), rounded to 6 decimals first so 0.29 * 100 gives 29."""
+    return int(round(length * keep, 6))
+
+
+def disjoint_rgbd_masks(batch: int, length: int, rgb_keep: float, depth_keep: float,
+                        generator: torch.Generator | None = None, device=None) -> RGBDMasks:
+    """Mask3D's masks: per sample keep ``int(L rgb_keep)`` colour patches and ``int(L depth_keep)`` depth
+    patches at other locations (capped at the ``L - n_rgb`` patches left when the fractions add up to
+    more than 1). One permutation per sample, from U(0, 1) noise drawn on the caller's CPU generator
+    (as :func:`random_masking`): its first n_rgb entries are the colour patches, the next n_depth the
+    depth patches, so both sets are uniform at random and disjoint."""
+    if not 0.0 < rgb_keep <= 1.0 or not 0.0 <= depth_keep <= 1.0:
+        raise InputError(f"keep fractions must be rgb_keep in (0, 1] and depth_keep in [0, 1], got {rgb_keep}, {depth_keep}")
+    n_rgb = keep_count(length, rgb_keep)
+    n_depth = min(keep_count(length, depth_keep), length - n_rgb)
+    noise = torch.rand(batch, length, generator=generator)  # (B, L), drawn on the CPU generator
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    rgb_mask, depth_mask = torch.ones(batch, length), torch.ones(batch, length)
+    rgb_mask[:, :n_rgb] = 0
+    depth_mask[:, n_rgb:n_rgb + n_depth] = 0
+    rgb_mask, depth_mask = torch.gather(rgb_mask, 1, ids_restore), torch.gather(depth_mask, 1, ids_restore)
+    return RGBDMasks(ids_shuffle[:, :n_rgb].to(device), ids_shuffle[:, n_rgb:n_rgb + n_depth].to(device),
+                     ids_restore.to(device), rgb_mask.to(device), depth_mask.to(device))
