@@ -5,6 +5,7 @@
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
     renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
     renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
+    renderssl sweep mask3d_ratio_grid               pretrain a grid of configs (e.g. mask ratios), then compare
     renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
     renderssl data synth --out DIR ...              procedural scenes on disk
     renderssl bench render | step CONFIG            benchmarks
@@ -97,6 +98,14 @@ def _compare(args) -> None:
     run_compare(from_dict(CompareConfig, apply_overrides(data, overrides), "compare"))
 
 
+def _sweep(args) -> None:
+    from .sweep import load_sweep, run_sweep
+
+    cfg = load_sweep(args.file)
+    cfg.overrides = [*cfg.overrides, *args.overrides]
+    run_sweep(cfg)
+
+
 def _evaluate(args) -> None:
     from .evaluate import evaluate_run
 
@@ -155,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
     cmp.add_argument("--out", default="runs/compare")
     cmp.set_defaults(handler=_compare)
+
+    sw = verbs.add_parser("sweep", help="pretrain every point of a config grid, then compare them (e.g. mask3d_ratio_grid)")
+    sw.add_argument("file", help="sweep YAML or preset name")
+    sw.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    sw.set_defaults(handler=_sweep)
 
     ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run")
     ev.add_argument("run", help="a renderssl pretrain output folder")
