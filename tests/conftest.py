@@ -2,10 +2,10 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Small tensors run fastest on one intra-op thread, and are immune to OpenMP stalls on a busy
-    2-core machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """Test tensors are small: one intra-op thread is as fast, immune to OpenMP stalls when the two cores
+    are shared, and matches the OMP_NUM_THREADS=1 subprocesses that some tests compare with bit for bit."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -12,7 +12,6 @@ from renderssl.export import export_encoder
 from renderssl.models.encoders import ViTConfig, VisionTransformer
 from renderssl.train.config import DataConfig, to_dict
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = DataConfig(width=32, height=32, views=3, train_scenes=2, val_scenes=1, test_scenes=1)
 
 

@@ -30,7 +30,6 @@ from renderssl.models.encoders import ViTConfig, VisionTransformer
 from renderssl.train.config import ConfigError, DataConfig, from_dict
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit() -> VisionTransformer:

@@ -18,7 +18,6 @@ from renderssl.models.encoders import ResNet, ResNetConfig, ViTConfig, VisionTra
 from renderssl.models.encoders.pos_embed import sincos_2d
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes(model) -> list[tuple[str, tuple[int, ...]]]:

@@ -22,7 +22,6 @@ from renderssl.models.encoders import ResNet, ResNetConfig, ViTConfig, VisionTra
 SMALL_VIT = dict(preset=None, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_vit(seed: int = 0) -> VisionTransformer:

@@ -18,7 +18,6 @@ from renderssl.methods.mask3d import Mask3D, Mask3DConfig, depth_patch_loss
 from renderssl.models.encoders import ViTConfig, VisionTransformer
 from renderssl.train.config import DataConfig, from_dict
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENC = dict(preset=None, embed_dim=48, depth=2, num_heads=3, img_size=32, patch_size=8)
 CONFIGS = Path(__file__).parents[1] / "src" / "renderssl" / "configs"

@@ -5,7 +5,6 @@ import pytest
 from renderssl.errors import InputError
 from renderssl.sweep import SweepConfig, grid_points, load_sweep, run_name, run_sweep
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grid_points_and_names():

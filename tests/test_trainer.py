@@ -32,8 +32,8 @@ from renderssl.train import (
 from renderssl.train.checkpoint import rng_state, set_rng_state
 
 FIXTURE = str(Path(__file__).with_name("_train_fixture.py"))
-# Subprocesses run with OMP_NUM_THREADS=1; in-process runs compared with them bit for bit use the
-# one_thread fixture (tests/conftest.py) for the same thread count.
+# Subprocesses run with OMP_NUM_THREADS=1, like the in-process runs compared with them bit for bit
+# (tests/conftest.py sets one thread for the whole session).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -246,7 +246,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 RUN = ["steps=16", "ckpt_every=4", "log_every=1", "batch_size=4", "noise=0.1", "preview_every=8"]
 
 
-def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_path, one_thread):
+def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, FIXTURE, str(killed), *RUN, "sleep=0.15"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target, deadline = killed / "checkpoints" / "step_000008.pt", time.monotonic() + 60
@@ -272,7 +272,7 @@ def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_pat
     assert not list((killed / "checkpoints").glob(".*.tmp"))
 
 
-def test_two_process_ddp_matches_one_process_with_twice_the_batch(tmp_path, one_thread):
+def test_two_process_ddp_matches_one_process_with_twice_the_batch(tmp_path):
     common = ["steps=10", "log_every=1", "grad_clip=0.5", "ckpt_every=100"]  # 6 steps per epoch: crosses an epoch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", str(free_port()), FIXTURE, str(tmp_path / "ddp"), *common, "batch_size=4"]

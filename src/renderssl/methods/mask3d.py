@@ -98,7 +98,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ..data.masking import RGBDMasks, disjoint_rgbd_masks, keep_count, mask_to_pixels, patchify, unpatchify, unshuffle
 from ..errors import InputError
