@@ -68,6 +68,7 @@ from ..data.build import load_split
 from ..data.types import ViewSet
 from ..errors import InputError
 from ..train.config import DataConfig
+from ..train.distributed import resolve_device
 from .heads import HEAD_CHANNELS, DepthHead, LinearClassifier, SegmentationHead
 from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
 
@@ -300,12 +301,6 @@ def mean_depth_geometric(depth: Tensor) -> float:
     """exp(mean log depth) over valid pixels (1.0 if none): the depth head's starting prediction."""
     valid = depth[depth > 0]
     return float(valid.log().mean().exp()) if valid.numel() else 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ==================================================================================================
