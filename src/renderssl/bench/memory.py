@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,9 +63,3 @@ class PeakMemory:
             peak = _status_kib("VmHWM")
             self.bytes = None if peak is None else max(0, peak - self._start) * 1024
 
-
-@contextmanager
-def peak_memory(device="cpu"):
-    meter = PeakMemory(device)
-    with meter:
-        yield meter
