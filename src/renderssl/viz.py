@@ -15,26 +15,50 @@ _DEPTH_ANCHORS = torch.tensor(
 )
 
 
-def colorize_scalar(x: Tensor, valid: Tensor | None = None, lo: float | None = None, hi: float | None = None) -> Tensor:
-    """(H, W) -> (3, H, W) in [0, 1]; invalid pixels black. Range from valid percentiles 2-98 by default."""
-    x = x.detach()
-    valid = torch.isfinite(x) if valid is None else valid & torch.isfinite(x)
-    vals = x[valid]
-    if vals.numel() == 0:
-        return torch.zeros(3, *x.shape)
-    lo = float(torch.quantile(vals.float(), 0.02)) if lo is None else lo
-    hi = float(torch.quantile(vals.float(), 0.98)) if hi is None else hi
-    t = ((x - lo) / max(hi - lo, 1e-8)).clamp(0, 1) * (len(_DEPTH_ANCHORS) - 1)  # (H, W)
+def scalar_range(x: Tensor, valid: Tensor, max_samples: int = 16384) -> tuple[Tensor, Tensor]:
+    """Per-sample 2% and 98% percentiles (B,), (B,) of the valid entries of x (B, ...), taken on a
+    regular subsample of at most ``max_samples`` entries per sample (0 and 1 where nothing is valid)."""
+    flat = x.detach().reshape(x.shape[0], -1).float()
+    keep = valid.reshape(x.shape[0], -1) & torch.isfinite(flat)
+    step = max(1, -(-flat.shape[1] // max_samples))
+    flat = torch.where(keep, flat, torch.full_like(flat, float("nan")))[:, ::step]
+    q = torch.nanquantile(flat, torch.tensor([0.02, 0.98], device=flat.device), dim=1)  # (2, B)
+    return torch.nan_to_num(q[0], nan=0.0), torch.nan_to_num(q[1], nan=1.0)
+
+
+def colorize_scalar_batch(x: Tensor, valid: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
+    """(B, H, W) -> (B, 3, H, W) in [0, 1] over per-sample ranges [lo, hi] (B,) (default: the valid
+    2-98% percentiles of each sample); invalid pixels black."""
+    x = x.detach().float()
+    valid = valid & torch.isfinite(x)
+    if lo is None or hi is None:
+        lo, hi = scalar_range(x, valid)
+    scale = (hi - lo).clamp(min=1e-8).view(-1, 1, 1)
+    t = ((torch.nan_to_num(x) - lo.view(-1, 1, 1)) / scale).clamp(0, 1) * (len(_DEPTH_ANCHORS) - 1)  # (B, H, W)
     i0 = t.floor().long().clamp(max=len(_DEPTH_ANCHORS) - 2)
     frac = (t - i0)[..., None]
-    rgb = _DEPTH_ANCHORS[i0] * (1 - frac) + _DEPTH_ANCHORS[i0 + 1] * frac  # (H, W, 3)
-    return torch.where(valid[..., None], rgb, torch.zeros_like(rgb)).permute(2, 0, 1)
+    anchors = _DEPTH_ANCHORS.to(x.device)
+    rgb = anchors[i0] * (1 - frac) + anchors[i0 + 1] * frac  # (B, H, W, 3)
+    return (rgb * valid[..., None]).permute(0, 3, 1, 2)
+
+
+def colorize_scalar(x: Tensor, valid: Tensor | None = None, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """(H, W) -> (3, H, W) in [0, 1]; invalid pixels black. Range from valid percentiles 2-98 by default."""
+    valid = torch.isfinite(x) if valid is None else valid
+    bounds = (None, None) if lo is None or hi is None else (torch.tensor([float(lo)]), torch.tensor([float(hi)]))
+    return colorize_scalar_batch(x[None], valid[None], *bounds)[0]
 
 
 def colorize_depth(depth: Tensor) -> Tensor:
     """z-depth (1, H, W) or (H, W), 0 = invalid -> (3, H, W)."""
     depth = depth.reshape(depth.shape[-2:])
     return colorize_scalar(depth, depth > 0)
+
+
+def colorize_depth_batch(depth: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
+    """z-depth (B, 1, H, W), 0 = invalid -> (B, 3, H, W), one range per sample (default its own)."""
+    depth = depth[:, 0]
+    return colorize_scalar_batch(depth, depth > 0, lo, hi)
 
 
 def label_palette(n: int) -> Tensor:

@@ -79,10 +79,8 @@ Our choices (the paper is silent)
   grid differs (e.g. 224x224 MAE weights into a 240x320 Mask3D). ``init_from`` is read when the method
   is built, so the file must exist then.
 - Previews: colour input, masked colour (removed patches black), masked depth, predicted depth and
-  target depth in metres, colourised with ``viz.colorize_depth``'s colour map and one range per sample
-  (the 2-98% percentiles of the valid target depth, as ``colorize_depth`` computes for the target), so
-  the three depth panels are comparable; done by a lookup table on the batch's device because
-  ``colorize_depth`` on every 240x320 frame of a batch costs about a second per step on a CPU. With a
+  target depth in metres, colourised by ``viz.colorize_depth_batch`` with one range per sample (the
+  2-98% percentiles of the valid target depth), so the three depth panels are comparable. With a
   normalised loss the prediction is shown in each patch's target statistics (as MAE's previews), black
   where a patch has no valid target.
 - Batches: ``{"rgb": (B, 3, H, W) in [0, 1], "depth": (B, 1, H, W)}``; :func:`renderssl.experiment.pretraining_data`
@@ -93,7 +91,6 @@ Our choices (the paper is silent)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -105,6 +102,7 @@ from ..models.encoders.depth_patch import DepthPatchEncoder
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.mae_decoder import DecoderTrunk
 from .base import Method, MethodOutput
+from ..viz import colorize_depth_batch, scalar_range
 
 MASK_TOKENS = ("fixed", "learned")
 DEPTH_LOSS_ON = ("all", "masked")
@@ -186,42 +184,6 @@ def norm_pix_both(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         return (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1.0e-6) ** 0.5
 
     return standardise(pred), standardise(target)
-
-
-# ---- previews ------------------------------------------------------------------------------------
-
-LUT_SIZE = 1024
-
-
-@lru_cache(maxsize=1)
-def _depth_lut() -> Tensor:
-    """(LUT_SIZE, 3) samples of viz.colorize_depth's colour map over [0, 1]."""
-    from ..viz import colorize_scalar
-
-    ramp = torch.linspace(0, 1, LUT_SIZE)[None]  # (1, N)
-    return colorize_scalar(ramp, torch.ones_like(ramp, dtype=torch.bool), 0.0, 1.0)[:, 0].T.contiguous()
-
-
-def depth_range(depth: Tensor, max_samples: int = 16384) -> tuple[Tensor, Tensor]:
-    """Per-sample 2% and 98% percentiles (B,), (B,) of the valid pixels of (B, 1, H, W) depth (as
-    ``viz.colorize_depth``; on a regular subsample of at most ``max_samples`` pixels)."""
-    flat = depth.reshape(depth.shape[0], -1).float()
-    flat = flat[:, :: max(1, -(-flat.shape[1] // max_samples))]
-    flat = torch.where(valid_depth(flat), flat, torch.full_like(flat, float("nan")))
-    q = torch.nanquantile(flat, torch.tensor([0.02, 0.98], device=flat.device), dim=1)  # (2, B)
-    lo, hi = torch.nan_to_num(q[0], nan=0.0), torch.nan_to_num(q[1], nan=1.0)
-    return lo, hi
-
-
-def colorize_depth_batch(depth: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """(B, 1, H, W) metres (0 = none) -> (B, 3, H, W) in [0, 1] with viz.colorize_depth's colours over
-    [lo, hi] (B,) per sample; invalid pixels black."""
-    valid = valid_depth(depth)
-    d = torch.where(valid, depth, torch.zeros_like(depth)).float()
-    t = ((d - lo.view(-1, 1, 1, 1)) / (hi - lo).clamp(min=1e-8).view(-1, 1, 1, 1)).clamp(0, 1)
-    lut = _depth_lut().to(depth.device)
-    rgb = lut[(t[:, 0] * (LUT_SIZE - 1)).round().long()].permute(0, 3, 1, 2)  # (B, 3, H, W)
-    return rgb * valid
 
 
 # ---- Stage I ---------------------------------------------------------------------------------------
@@ -403,7 +365,7 @@ class Mask3D(Method):
         target = torch.where(out["valid"], depth, torch.zeros_like(depth))  # (B, 1, H, W) metres, 0 = invalid
         rgb_pix, depth_pix = mask_to_pixels(masks.rgb_mask, p, grid), mask_to_pixels(masks.depth_mask, p, grid)
         pred = self.predicted_depth(out["depth_pred"], out["depth_in"], out["valid"], grid)
-        lo, hi = depth_range(target)
+        lo, hi = scalar_range(target[:, 0], target[:, 0] > 0)  # one range per sample for the three depth panels
         renders = {
             "input": rgb, "masked rgb": rgb * (1 - rgb_pix),
             "masked depth": colorize_depth_batch(target * (1 - depth_pix), lo, hi),
