@@ -1,4 +1,4 @@
-"""Peak memory of a block of work, on CPU and CUDA.
+"""Peak memory of a block of work, on CPU and CUDA, and the device synchronisation timings need.
 
 CUDA: ``torch.cuda`` peak allocated bytes. CPU: the process's resident-set high-water mark (VmHWM),
 reset through /proc/self/clear_refs before the block, minus the resident size at its start. glibc's
@@ -24,6 +24,12 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return int(match.group(1)) if match else None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on CPU) so a wall-clock timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def use_mmap_for_large_blocks(threshold: int = 1 << 20) -> bool:

@@ -28,7 +28,7 @@ import torch
 from ..geometry import Cameras, intrinsics_matrix, look_at
 from ..render.splat import Gaussians, rasterize
 from ..render.surfels import surfel_gaussians
-from .memory import PeakMemory, use_mmap_for_large_blocks
+from .memory import PeakMemory, synchronize, use_mmap_for_large_blocks
 
 COUNTS = (1024, 4096, 16384, 65536, 262144)
 SIZES = ((64, 64), (128, 128), (320, 240), (640, 480))
@@ -104,8 +104,7 @@ def time_render(gauss: Gaussians, cams: Cameras, backend: str, device: torch.dev
     def step():
         out = rasterize(gauss, cams, backend=backend)
         (out.color.sum() + out.depth.sum()).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return out
 
     with PeakMemory(device) as peak:

@@ -26,6 +26,7 @@ import torch
 
 from ..experiment import ExperimentConfig, build_method
 from ..methods.mae import MAE, MAEConfig
+from .memory import synchronize
 
 
 @dataclass
@@ -45,19 +46,14 @@ class StepTiming:
         return self.gflop_per_step / self.best_seconds
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best = float("inf")
     for _ in range(repeats + 1):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -93,10 +89,10 @@ def time_method(name: str, method: torch.nn.Module, images: torch.Tensor, warmup
         step(0)
     times = []
     for i in range(warmup + repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step(i + 1)
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return StepTiming(name, images.shape[0], min(times), statistics.median(times), counter.get_total_flops() / 1e9)
@@ -111,10 +107,10 @@ def splat_seconds(method, images: torch.Tensor, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         leaf = Gaussians(*(t.detach().clone().requires_grad_(True) for t in (g.means, g.quats, g.scales, g.opacities, g.colors)))
-        _sync(images.device)
+        synchronize(images.device)
         start = time.perf_counter()
         method.render(leaf, camera).color.sum().backward()
-        _sync(images.device)
+        synchronize(images.device)
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -24,11 +24,7 @@ import torch
 
 from ..render.grid import trilinear_lookup, world_to_grid
 from ..render.volume import AutogradSDFField, SingleVariance, composite_density, eikonal_loss, render_neus, sample_stratified
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .memory import synchronize
 
 
 def _time(step, device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
@@ -37,10 +33,10 @@ def _time(step, device: torch.device, warmup: int, repeats: int) -> tuple[float,
         step()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times)
 
