@@ -53,10 +53,10 @@ def _bench_step(args) -> None:
 def _pretrain(args) -> None:
     from .experiment import load_experiment, run_pretraining
 
-    import os
+    from .train.distributed import launcher_rank
 
     summary = run_pretraining(load_experiment(args.config, args.overrides), resume=args.resume)
-    if os.environ.get("RANK", "0") != "0":
+    if launcher_rank() != 0:
         return
     print(f"step {summary.steps_done}: loss {summary.last_loss:.4f}; skipped non-finite steps: {summary.skipped_nonfinite}")
     print(f"run folder {summary.out_dir} (checkpoints, metrics.jsonl, TensorBoard, previews, encoder/)")

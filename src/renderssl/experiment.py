@@ -81,21 +81,16 @@ def pretraining_data(cfg: ExperimentConfig):
 ENCODER_DIR = "encoder"
 
 
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
-
-
 def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
     """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0."""
     from .train import Trainer
     from .train.config import to_dict
+    from .train.distributed import launcher_rank
 
     method = build_method(cfg)
     dataset, collate = pretraining_data(cfg)
     summary = Trainer(method, dataset, cfg.train, cfg.optim, collate_fn=collate, config_dict=to_dict(cfg)).fit(resume)
-    if _rank() == 0:
+    if launcher_rank() == 0:
         export_method_encoder(cfg, method, Path(cfg.train.out_dir) / ENCODER_DIR, steps=summary.steps_done)
     return summary
 

@@ -56,6 +56,12 @@ def _env_int(key: str, default: int) -> int:
         raise InputError(f"environment variable {key}={raw!r} is not an integer") from None
 
 
+def launcher_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun); valid before and after
+    the process group exists, unlike ``dist.get_rank``."""
+    return _env_int("RANK", 0)
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the process group torchrun describes (if any) and pick this process's device."""
     world, local_rank = _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
