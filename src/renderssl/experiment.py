@@ -105,6 +105,12 @@ def export_method_encoder(cfg: ExperimentConfig, method: Method, out_dir, steps:
 
 def load_run(run_dir, checkpoint: str = "last.pt") -> tuple[ExperimentConfig, Method]:
     """The config and the trained method of a ``renderssl pretrain`` output folder."""
+    cfg, method, _ = _load_run_checkpoint(run_dir, checkpoint)
+    return cfg, method
+
+
+def _load_run_checkpoint(run_dir, checkpoint: str) -> tuple[ExperimentConfig, Method, int]:
+    """(config, method in eval mode with the checkpoint's weights, the checkpoint's step)."""
     from .train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -117,13 +123,10 @@ def load_run(run_dir, checkpoint: str = "last.pt") -> tuple[ExperimentConfig, Me
     method = build_method(cfg)
     state = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     method.load_state_dict(state["model"])
-    return cfg, method.eval()
+    return cfg, method.eval(), int(state.get("step", 0))
 
 
 def export_run(run_dir, out_dir=None, checkpoint: str = "last.pt") -> Path:
     """Export the encoder of a run's checkpoint (default ``<run>/encoder``)."""
-    from .train.checkpoint import load_checkpoint
-
-    cfg, method = load_run(run_dir, checkpoint)
-    steps = int(load_checkpoint(Path(run_dir) / "checkpoints" / checkpoint).get("step", 0))
+    cfg, method, steps = _load_run_checkpoint(run_dir, checkpoint)
     return export_method_encoder(cfg, method, out_dir or Path(run_dir) / ENCODER_DIR, steps=steps)
