@@ -71,7 +71,7 @@ class GMAEConfig:
 def gaussians_from_params(raw: Tensor, max_scale: float, camera_distance: float) -> Gaussians:
     """(B, k, 14) decoder outputs -> activated Gaussians in the camera frame (world = camera)."""
     xyz, s, q, rgb, o = raw.split([3, 3, 4, 3, 1], dim=-1)
-    means = torch.tanh(xyz) + means_offset(camera_distance, raw)  # (B, k, 3), z in [d - 1, d + 1]
+    means = torch.tanh(xyz) + raw.new_tensor([0.0, 0.0, camera_distance])  # (B, k, 3), z in [d - 1, d + 1]
     return Gaussians(
         means=means,
         quats=torch.sigmoid(q),
@@ -79,10 +79,6 @@ def gaussians_from_params(raw: Tensor, max_scale: float, camera_distance: float)
         opacities=torch.sigmoid(o).squeeze(-1),
         colors=torch.sigmoid(rgb),
     )
-
-
-def means_offset(camera_distance: float, like: Tensor) -> Tensor:
-    return like.new_tensor([0.0, 0.0, camera_distance])
 
 
 def fixed_camera(width: int, height: int, view_extent: float, batch: int, device, dtype=torch.float32) -> Cameras:

@@ -97,9 +97,8 @@ def _rasterize_gsplat(gaussians, cameras, background, near_plane, far_plane, eps
 
     B, N, D = gaussians.colors.shape
     V = cameras.batch_shape[1]
-    backgrounds = None
-    if background is not None:
-        backgrounds = torch.cat([background, background.new_zeros(1)]).expand(B, V, D + 1)
+    # gsplat appends the depth channel's zero background itself in RGB+ED mode.
+    backgrounds = None if background is None else background.expand(B, V, D)
     colors, alphas, meta = rasterization(
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors,
         cameras.w2c, cameras.K, cameras.width, cameras.height,
