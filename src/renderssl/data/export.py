@@ -23,11 +23,10 @@ from ..eval.metrics import psnr
 from ..render.splat import rasterize
 from ..render.surfels import surfel_gaussians
 from ..viz import colorize_depth, colorize_labels, colorize_normals, save_grid
-from .formats import write_ply, write_viewset
+from .formats import SCENE_FORMATS, write_ply, write_viewset
 from .synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras, viewset_to_pointcloud
 from .types import ViewSet
 
-FORMATS = ("scannet", "blender", "7scenes", "llff")
 
 
 @dataclass
@@ -91,9 +90,9 @@ def export_synthetic(
     log=print,
 ) -> SynthSummary:
     out = Path(out)
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in SCENE_FORMATS]
     if unknown:
-        raise InputError(f"--formats: unknown {unknown}; expected some of {list(FORMATS)}")
+        raise InputError(f"--formats: unknown {unknown}; expected some of {list(SCENE_FORMATS)}")
     if scenes < 1 or views < 2:
         raise InputError(f"data synth: need at least 1 scene and 2 views, got {scenes} scenes x {views} views")
     config = SyntheticConfig(kind=kind, num_views=views, width=size[0], height=size[1])
