@@ -21,15 +21,11 @@ Outputs: colour with any number of channels D (features can be splatted too), ex
 Backends behind :func:`rasterize`:
 
 - ``dense``: every Gaussian against every pixel, plain autograd. The readable reference.
-- ``tiles`` (default): bin to 16x16 tiles using the exact screen-space extent where alpha can reach
-  1/255 (sqrt(2 ln(255 o)) standard deviations; gsplat's 3.33 sigma is the o = 1 case), sort the
-  (Gaussian, tile) pairs by tile then depth, keep the front-most ``max_per_tile`` per tile (pairs
-  beyond are counted in ``overflow``), and composite every tile with a fused autograd function whose
-  backward is written by hand (alpha and transmittance are recomputed, nothing per-pixel is stored).
-  ln(alpha) is a quadratic polynomial in the pixel coordinates, so one small matmul evaluates a whole
-  tile; Gaussians go through in depth chunks (16, 32, then 64 deep, in blocks of tiles of at most 2^19
-  alpha entries) and a tile stops once all its pixels have terminated.
-  Identical to ``dense`` wherever no tile overflows (up to float rounding of the polynomial form).
+- ``tiles`` (default): Gaussians binned to 16x16 tiles by the exact screen extent where alpha can reach
+  1/255 (sqrt(2 ln(255 o)) standard deviations; gsplat's 3.33 sigma is the o = 1 case), front-most
+  ``max_per_tile`` per tile (the rest counted in ``overflow``), composited by a fused autograd function
+  with a hand-written backward (render/splat_tiles.py). Identical to ``dense`` wherever no tile
+  overflows (up to float rounding).
 - ``compiled``: the tiles backend with its compositing step done by a per-pixel C++ loop
   (render/splat_compiled.py; built on first use, CPU only), gsplat's algorithm on the CPU.
 - ``gsplat``: gsplat's CUDA rasterizer, used only when gsplat is installed and the tensors are on CUDA.
