@@ -5,10 +5,11 @@
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
     renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
     renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
+                                                    (--architectures sparse_unet:small: scratch 3D encoders)
     renderssl sweep mask3d_ratio_grid               pretrain a grid of configs (e.g. mask ratios), then compare
     renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
     renderssl data synth --out DIR ...              procedural scenes on disk
-    renderssl bench render | step CONFIG            benchmarks
+    renderssl bench render | step CONFIG | encoders  benchmarks
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def _bench_step(args) -> None:
 
     cfg = load_experiment(args.config, args.overrides)
     print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
+
+
+def _bench_encoders(args) -> None:
+    import torch
+
+    from .bench.encoders import COUNTS, bench_encoders, format_encoder_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    counts = [int(c) for c in args.counts.split(",") if c] if args.counts else COUNTS
+    print(f"renderssl bench encoders on {args.device} ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    result = bench_encoders(counts, sparse_unet=args.sparse_unet, pointnet2=args.pointnet2, device=args.device)
+    print(format_encoder_bench(result))
 
 
 def _pretrain(args) -> None:
@@ -92,6 +106,7 @@ def _compare(args) -> None:
     overrides = [a for a in args.items if "=" in a]
     data = {
         "encoders": encoders, "names": [n for n in args.names.split(",") if n], "seeds": args.seeds,
+        "architectures": [a for a in args.architectures.split(",") if a],
         "tasks": [t for t in args.tasks.split(",") if t], "fractions": [float(f) for f in args.fractions.split(",") if f],
         "scratch": not args.no_scratch, "out_dir": args.out,
     }
@@ -156,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     fin.set_defaults(handler=_finetune)
 
     cmp = verbs.add_parser("compare", help="fine-tune encoders and scratch at several label fractions and seeds; table + plot")
-    cmp.add_argument("items", nargs="+", help="encoder or run folders, then key=value overrides (downstream.steps=100, ...)")
+    cmp.add_argument("items", nargs="*", help="encoder or run folders, then key=value overrides (downstream.steps=100, ...)")
+    cmp.add_argument("--architectures", default="", help="scratch-only entries, e.g. sparse_unet:small,pointnet2:small")
     cmp.add_argument("--names", default="", help="comma-separated labels (default: each encoder's recipe)")
-    cmp.add_argument("--tasks", default="segmentation,depth", help="segmentation, depth, classification")
+    cmp.add_argument("--tasks", default="segmentation,depth", help="segmentation, depth, classification, segmentation3d")
     cmp.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0", help="label fractions of the training scenes")
     cmp.add_argument("--seeds", type=int, default=3)
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
@@ -211,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--device", default="cpu")
     step.add_argument("--repeats", type=int, default=10)
     step.set_defaults(handler=_bench_step)
+    enc = bench.add_parser("encoders", help="3D encoders: forward+backward time and peak memory vs point count")
+    enc.add_argument("--counts", default="", help="comma-separated point counts (default 10k,20k,50k,100k,200k)")
+    enc.add_argument("--sparse-unet", default="base", help="SparseUNet preset (base, small)")
+    enc.add_argument("--pointnet2", default="scene", help="PointNet++ preset (ssg, scene, small)")
+    enc.add_argument("--device", default="cpu")
+    enc.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    enc.set_defaults(handler=_bench_encoders)
     return parser
 
 

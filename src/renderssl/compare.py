@@ -1,7 +1,8 @@
 """``renderssl compare``: pretrained encoders side by side against the same encoder from scratch.
 
 Every encoder (an exported encoder folder, or a ``renderssl pretrain`` run folder) and a scratch
-baseline of the first encoder's architecture is fine-tuned on the same downstream task, with the same
+baseline of the first encoder's architecture (plus one scratch entry per ``architectures`` spec such
+as ``sparse_unet:small``) is fine-tuned on the same downstream task, with the same
 train/test scenes, label subsets, budget and seeds, at each label fraction; scores are taken on the
 held-out test scenes. The test scenes are checked against every encoder's pretraining scenes: an
 encoder that saw a test scene in pretraining is refused. Writes ``results.json``, ``comparison.md``
@@ -19,20 +20,23 @@ from .data.build import load_split, split_range
 from .errors import InputError
 from .eval.downstream import DownstreamConfig, run_on_splits
 from .eval.report import markdown_table, plot_metric
-from .export import read_encoder_info
-from .finetune import data_config_of, encoder_factory
+from .eval.segmentation3d import FEATURE_CHANNELS
+from .export import POINT_ARCHITECTURES, read_encoder_info
+from .finetune import architecture_factory, data_config_of, encoder_factory
 from .train.config import DataConfig, from_dict, to_dict
 
 TASK_METRIC = {
     "segmentation": ("miou", "mIoU (higher is better)"),
     "depth": ("abs_rel", "depth AbsRel (lower is better)"),
     "classification": ("top1", "top-1 accuracy (higher is better)"),
+    "segmentation3d": ("miou", "3D segmentation mIoU (higher is better)"),
 }
 
 
 @dataclass
 class CompareConfig:
     encoders: list[str] = field(default_factory=list)  # exported encoder folders or pretraining run folders
+    architectures: list[str] = field(default_factory=list)  # scratch-only entries, "<architecture>:<preset>"
     names: list[str] = field(default_factory=list)  # default: the recipe each encoder was pretrained with
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth"])
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
@@ -43,8 +47,8 @@ class CompareConfig:
     out_dir: str = "runs/compare"
 
     def __post_init__(self):
-        if not self.encoders:
-            raise InputError("compare: give at least one encoder")
+        if not self.encoders and not self.architectures:
+            raise InputError("compare: give at least one encoder or architecture")
         if self.names and len(self.names) != len(self.encoders):
             raise InputError(f"compare: {len(self.names)} names for {len(self.encoders)} encoders")
         bad = [t for t in self.tasks if t not in TASK_METRIC]
@@ -92,11 +96,14 @@ def summarise(values: list[float]) -> tuple[float, float, int]:
 def run_compare(cfg: CompareConfig, log=print) -> dict:
     encoders = [resolve_encoder(p) for p in cfg.encoders]
     names = cfg.names or [str((read_encoder_info(p).get("pretraining") or {}).get("method", p.name)) for p in encoders]
-    data = cfg.data or data_config_of(encoders[0])
+    data = cfg.data or (data_config_of(encoders[0]) if encoders else DataConfig())
     check_held_out(encoders, data)
     entries = [(name, encoder_factory(path)) for name, path in zip(names, encoders)]
-    if cfg.scratch:
+    if cfg.scratch and encoders:
         entries.append(("scratch", encoder_factory(encoders[0], scratch=True)))
+    point_fields = {"in_channels": FEATURE_CHANNELS[cfg.downstream.points.features]}
+    entries += [(f"{spec} (scratch)", architecture_factory(spec, **(point_fields if spec.split(":")[0] in POINT_ARCHITECTURES else {})))
+                for spec in cfg.architectures]
     train_all, test = load_split(data, "train"), load_split(data, "test")
     out = Path(cfg.out_dir)
     results = {"config": to_dict(cfg), "data": to_dict(data), "tasks": {}}

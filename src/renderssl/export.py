@@ -2,11 +2,13 @@
 
 An export is a folder holding
 
-* ``encoder.safetensors``: the encoder's state dict under timm (ViT) / torchvision (ResNet) key names,
-  no ``encoder.`` prefix and nothing of the pretext heads or renderers;
-* ``encoder.json``: ``{"format": "renderssl-encoder", "version": 1, "architecture": "vit"|"resnet",
-  "config": {<all dataclass fields>}, "weights": "encoder.safetensors", "timm_model"|"torchvision_model":
-  <name or null>, "pretraining": {<free-form caller metadata>}}``.
+* ``encoder.safetensors``: the encoder's state dict under timm (ViT) / torchvision (ResNet) / Pointcept
+  (SparseUNet, spconv 2.x weight layout) / yanx27 PointNet++ key names, no ``encoder.`` prefix and
+  nothing of the pretext heads or renderers;
+* ``encoder.json``: ``{"format": "renderssl-encoder", "version": 1, "architecture": "vit"|"resnet"|
+  "sparse_unet"|"pointnet2", "config": {<all dataclass fields>}, "weights": "encoder.safetensors",
+  "timm_model"|"torchvision_model"|"pointcept_model"|"reference_model": <name or null>, "pretraining":
+  {<free-form caller metadata>}}``.
 
 Choices:
 
@@ -16,7 +18,9 @@ Choices:
   ``encoder.json`` always holds complete weights.
 * The name hint is the timm / torchvision model whose state dict has the same keys and shapes:
   ``timm.create_model(hint, num_classes=0)`` for a ViT; ``torchvision.models.<hint>()`` for a ResNet
-  (with ``num_classes=0`` replace its ``fc`` by ``nn.Identity()`` first, or pass ``num_classes=N``).
+  (with ``num_classes=0`` replace its ``fc`` by ``nn.Identity()`` first, or pass ``num_classes=N``);
+  Pointcept's ``SpUNet-v1m1`` with ``num_classes=0`` for a base-preset SparseUNet (any ``in_channels``);
+  yanx27's ``pointnet2_sem_seg`` without its ``conv1/bn1/conv2`` head for an ``ssg`` PointNet++.
   It is null when no such model exists (other image/patch size, widths, input channels).
 * :func:`load_encoder` returns the model in ``eval()`` mode (frozen-feature use is the common case;
   call ``.train()`` to fine-tune).
@@ -37,6 +41,10 @@ from torch import Tensor, nn
 
 from .errors import InputError
 from .models.encoders.resnet import ResNet, ResNetConfig
+from .models.encoders.pointnet2 import PRESETS as POINTNET2_PRESETS
+from .models.encoders.pointnet2 import PointNet2, PointNet2Config
+from .models.encoders.sparse_unet import PRESETS as SPARSE_UNET_PRESETS
+from .models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
 from .models.encoders.vit import PRESETS as VIT_PRESETS
 from .models.encoders.vit import ViTConfig, VisionTransformer
 
@@ -44,7 +52,13 @@ FORMAT = "renderssl-encoder"
 VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 META_NAME = "encoder.json"
-ARCHITECTURES = {"vit": (ViTConfig, VisionTransformer), "resnet": (ResNetConfig, ResNet)}
+ARCHITECTURES = {
+    "vit": (ViTConfig, VisionTransformer),
+    "resnet": (ResNetConfig, ResNet),
+    "sparse_unet": (SparseUNetConfig, SparseUNet),
+    "pointnet2": (PointNet2Config, PointNet2),
+}
+POINT_ARCHITECTURES = ("sparse_unet", "pointnet2")
 NESTED_KEYS = ("model", "state_dict")  # checkpoint entries that hold the state dict, tried in this order
 MAX_LISTED = 5  # keys named in mismatch messages
 
@@ -60,7 +74,7 @@ TIMM_VITS = {
 # ---- building -------------------------------------------------------------------------------------
 
 
-def make_config(architecture: str, config) -> ViTConfig | ResNetConfig:
+def make_config(architecture: str, config):
     """The config dataclass of ``architecture`` from a dict (or an instance); unknown keys are errors."""
     if architecture not in ARCHITECTURES:
         raise InputError(f"architecture: {architecture!r} is not one of {list(ARCHITECTURES)}")
@@ -82,14 +96,21 @@ def make_config(architecture: str, config) -> ViTConfig | ResNetConfig:
 
 
 def build_encoder(architecture: str, config) -> nn.Module:
-    """A freshly initialised encoder of ``architecture`` ('vit' | 'resnet') from its config (dict or dataclass)."""
+    """A freshly initialised encoder of ``architecture`` (a key of ARCHITECTURES) from its config (dict or dataclass)."""
     cfg = make_config(architecture, config)
     return ARCHITECTURES[architecture][1](cfg)
 
 
 def model_name_hint(architecture: str, config) -> tuple[str, str | None]:
-    """(json key, name) of the timm / torchvision model with the same state dict keys and shapes, or None."""
+    """(json key, name) of the timm / torchvision / Pointcept / reference model with the same state dict
+    keys and shapes, or None."""
     cfg = make_config(architecture, config)
+    if architecture == "sparse_unet":
+        base = all(getattr(cfg, k) == v for k, v in SPARSE_UNET_PRESETS["base"].items())
+        return "pointcept_model", "SpUNet-v1m1" if base else None
+    if architecture == "pointnet2":
+        ssg = all(getattr(cfg, k) == v for k, v in POINTNET2_PRESETS["ssg"].items() if k != "in_channels")
+        return "reference_model", "yanx27/Pointnet_Pointnet2_pytorch pointnet2_sem_seg" if ssg and not cfg.fp1_skip else None
     if architecture == "resnet":
         return "torchvision_model", cfg.torchvision_name if cfg.in_chans == 3 else None
     preset = next(

@@ -26,6 +26,19 @@ def encoder_factory(path, scratch: bool = False):
     return make
 
 
+def architecture_factory(spec: str, **fields):
+    """A callable returning a freshly initialised encoder from ``"<architecture>:<preset>"`` (e.g.
+    ``sparse_unet:small``, ``pointnet2:scene``) and extra config fields."""
+    architecture, _, preset = spec.partition(":")
+    config = dict(fields, **({"preset": preset} if preset else {}))
+    build_encoder(architecture, config)  # fail now, naming the spec, not in the middle of a comparison
+
+    def make() -> torch.nn.Module:
+        return build_encoder(architecture, config)
+
+    return make
+
+
 def data_config_of(path, **overrides) -> DataConfig:
     """The pretraining data config stored with an exported encoder (so the downstream splits are the
     same scenes: fine-tuning on the train split, scoring on the test split), with overrides."""

@@ -13,6 +13,9 @@ Tasks and labels (``frames_from_scenes``)
   The number of classes is ``cfg.num_classes`` if given, else ``len(class_names)`` of the first training
   scene, else the largest training label + 1. Images reach the encoder as the data layer gives them
   (float in [0, 1]), the same input pretraining sees: no extra normalisation.
+  * ``segmentation3d``: per-point semantic ids of scene point clouds; see :mod:`.segmentation3d`
+    (configured by ``DownstreamConfig.points``). It shares splits, label fractions, optimiser,
+    schedule and scratch comparison with the image tasks.
 Modes
   * ``linear``: the encoder is frozen (``requires_grad_(False)``, kept in eval mode even when the model
     is put in train mode, features computed under ``no_grad``); only the head trains. For
@@ -57,7 +60,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -65,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.build import load_split
+from ..data.points import PointAugmentConfig
 from ..data.types import ViewSet
 from ..errors import InputError
 from ..train.config import DataConfig
@@ -72,11 +76,30 @@ from ..train.distributed import resolve_device
 from .heads import HEAD_CHANNELS, DepthHead, LinearClassifier, SegmentationHead
 from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
 
-TASKS = ("segmentation", "depth", "classification")
+TASKS = ("segmentation", "depth", "classification", "segmentation3d")
+POINT_TASKS = ("segmentation3d",)
+POINT_FEATURES = ("color", "color_normal")
 MODES = ("finetune", "linear")
 DENSE_TASKS = ("segmentation", "depth")
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "dist_token")
 EMBEDDING_PREFIXES = ("cls_token", "mask_token", "pos_embed", "patch_embed")
+
+
+@dataclass
+class PointTaskConfig:
+    """How scenes become training and test clouds for the point tasks (:mod:`.segmentation3d`)."""
+
+    features: str = "color_normal"  # color | color_normal: the encoder's input channels (3 | 6)
+    frame_stride: int = 1  # every k-th pixel of every frame when a scene's RGB-D frames are fused
+    grid_size: float = 0.02  # train-time random grid sampling, scene units (Pointcept GridSample); 0 = off
+    max_points: int = 0  # cap on points per training cloud after grid sampling; 0 = no cap
+    augment: PointAugmentConfig = field(default_factory=PointAugmentConfig)
+
+    def __post_init__(self):
+        if self.features not in POINT_FEATURES:
+            raise InputError(f"PointTaskConfig.features: expected one of {POINT_FEATURES}, got {self.features!r}")
+        if self.frame_stride < 1 or self.grid_size < 0 or self.max_points < 0:
+            raise InputError("PointTaskConfig: frame_stride must be >= 1, grid_size and max_points >= 0")
 
 
 @dataclass
@@ -98,6 +121,7 @@ class DownstreamConfig:
     hflip: bool = True  # random horizontal flips of training frames
     head_channels: int = HEAD_CHANNELS  # width of the dense heads' trunk
     num_classes: int | None = None  # None = len(class_names) of the training scenes
+    points: PointTaskConfig = field(default_factory=PointTaskConfig)  # point tasks only
 
     def __post_init__(self):
         self.validate()
@@ -141,8 +165,8 @@ def frames_from_scenes(viewsets: list[ViewSet], task: str) -> tuple[Tensor, Tens
     Returns images (N, 3, H, W) and targets: segmentation (N, H, W) int64 (-1 = ignore); depth
     (N, 1, H, W) metres (0 = invalid); classification (N,) int64, one label per scene.
     """
-    if task not in TASKS:
-        raise InputError(f"frames_from_scenes: unknown task {task!r}; expected one of {TASKS}")
+    if task not in TASKS or task in POINT_TASKS:
+        raise InputError(f"frames_from_scenes: {task!r} is not an image task; expected one of {DENSE_TASKS + ('classification',)}")
     if not viewsets:
         raise InputError("frames_from_scenes: no scenes given")
     sizes = {(v.height, v.width) for v in viewsets}
@@ -479,9 +503,14 @@ def run_on_splits(encoder_factory: EncoderFactory, train_all: list[ViewSet], tes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
         encoder = encoder_factory()
-    model = train_downstream(encoder, train, cfg)
+    if cfg.task in POINT_TASKS:
+        from .segmentation3d import evaluate_point_segmentation, train_point_segmentation
+
+        metrics = evaluate_point_segmentation(train_point_segmentation(encoder, train, cfg), test, cfg)
+    else:
+        metrics = evaluate_downstream(train_downstream(encoder, train, cfg), test, cfg)
     return {
-        "metrics": evaluate_downstream(model, test, cfg),
+        "metrics": metrics,
         "train_scenes": [v.name for v in train],
         "test_scenes": [v.name for v in test],
         "task": cfg.task, "mode": cfg.mode, "seed": cfg.seed,
