@@ -47,3 +47,11 @@ def test_bench_render_smoke():
     assert all(t.seconds > 0 for t in result.timings)
     text = format_render_bench(result)
     assert "tiles" in text and "dense" in text
+
+
+def test_overrides_may_follow_options():
+    from renderssl.cli import parse_args
+
+    args = parse_args(["compare", "runs/a", "--tasks", "segmentation3d", "downstream.steps=2", "runs/b"])
+    assert args.items == ["runs/a", "downstream.steps=2", "runs/b"] and args.tasks == "segmentation3d"
+    assert parse_args(["pretrain", "gmae_tiny", "--resume", "train.steps=3"]).overrides == ["train.steps=3"]

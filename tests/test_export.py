@@ -276,3 +276,97 @@ def test_torch_load_is_always_weights_only():
                     bad.append(f"{path.relative_to(root)}:{node.lineno}")
     assert bad == []
     assert calls >= 1  # export.py does read torch files, and only this way
+
+
+# ---- 3D encoders ---------------------------------------------------------------------------------
+
+from renderssl.models.encoders.pointnet2 import PointNet2, PointNet2Config  # noqa: E402
+from renderssl.models.encoders.sparse_unet import SparseUNet, SparseUNetConfig  # noqa: E402
+
+TINY_3D = {
+    "sparse_unet": (SparseUNet, SparseUNetConfig(preset=None, base_channels=8, channels=(8, 16, 16, 8),
+                                                 layers=(1, 1, 1, 1), in_channels=6, grid_size=0.1)),
+    "pointnet2": (PointNet2, PointNet2Config(preset=None, in_channels=6, npoints=(64, 16), radii=(0.3, 0.6),
+                                             nsamples=(8, 8), sa_mlps=((16,), (32,)), fp_mlps=((16,), (16,)))),
+}
+
+
+def fixed_clouds(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two clouds (300 + 200 points) in a 2 m box with 6 feature channels, flat batch."""
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(500, 3, generator=g) * 2.0
+    features = torch.rand(500, 6, generator=g)
+    return points, features, torch.tensor([300, 500])
+
+
+def trained_3d(architecture: str):
+    """A tiny 3D encoder with perturbed weights and BN statistics moved off their init."""
+    cls, cfg = TINY_3D[architecture]
+    torch.manual_seed(0)
+    model = cls(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.train()
+        for seed in (1, 2):
+            model(*fixed_clouds(seed))
+    return model.eval()
+
+
+@pytest.mark.parametrize("architecture", ["sparse_unet", "pointnet2"])
+def test_3d_encoder_round_trip_is_exact(tmp_path, architecture):
+    model = trained_3d(architecture)
+    bn = [k for k in model.state_dict() if k.endswith("running_var")]
+    assert bn and not torch.equal(model.state_dict()[bn[0]], torch.ones_like(model.state_dict()[bn[0]]))
+    cfg = TINY_3D[architecture][1]
+    out = export_encoder(model, architecture, cfg, tmp_path / architecture, pretraining={"method": "ponder"})
+    loaded = load_encoder(out)
+    assert type(loaded) is type(model) and not loaded.training
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert set(load_file(str(out / "encoder.safetensors"))) == set(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(loaded(*fixed_clouds(7)), model(*fixed_clouds(7)))
+    meta = read_encoder_info(out)
+    assert meta["architecture"] == architecture and meta["pretraining"] == {"method": "ponder"}
+    rebuilt = type(cfg)(**meta["config"])  # the stored config describes the same encoder
+    assert (rebuilt.in_channels, model.out_channels) == (cfg.in_channels, loaded.out_channels)
+    hint_key = {"sparse_unet": "pointcept_model", "pointnet2": "reference_model"}[architecture]
+    assert hint_key in meta and meta[hint_key] is None  # tiny widths: no public model has these shapes
+
+
+def test_3d_name_hints():
+    assert model_name_hint("sparse_unet", SparseUNetConfig(preset="base")) == ("pointcept_model", "SpUNet-v1m1")
+    assert model_name_hint("sparse_unet", {"preset": "base", "in_channels": 3}) == ("pointcept_model", "SpUNet-v1m1")
+    # the base widths spelled out without the preset name are the same model
+    base = dict(preset=None, base_channels=32, channels=(32, 64, 128, 256, 256, 128, 96, 96),
+                layers=(2, 3, 4, 6, 2, 2, 2, 2))
+    assert model_name_hint("sparse_unet", base) == ("pointcept_model", "SpUNet-v1m1")
+    assert model_name_hint("sparse_unet", {"preset": "small"}) == ("pointcept_model", None)
+    assert model_name_hint("sparse_unet", {**base, "layers": (2, 3, 4, 6, 2, 2, 2, 1)}) == ("pointcept_model", None)
+    yanx27 = "yanx27/Pointnet_Pointnet2_pytorch pointnet2_sem_seg"
+    assert model_name_hint("pointnet2", PointNet2Config(preset="ssg")) == ("reference_model", yanx27)
+    assert model_name_hint("pointnet2", {"preset": "small"}) == ("reference_model", None)
+    assert model_name_hint("pointnet2", {"preset": "scene"}) == ("reference_model", None)
+    assert model_name_hint("pointnet2", {"preset": "ssg", "fp1_skip": True}) == ("reference_model", None)
+
+
+def test_base_sparse_unet_hint_matches_its_shapes():
+    """The hint promises Pointcept's layout: a base-preset model built on the meta device (no memory)
+    has conv_input k=5, 96-d output, and spconv >= 2.2's KRSC weight layout (out, k, k, k, in)."""
+    with torch.device("meta"):
+        model = SparseUNet(SparseUNetConfig(preset="base", in_channels=6))
+    state = model.state_dict()
+    assert tuple(state["conv_input.0.weight"].shape) == (32, 5, 5, 5, 6)
+    assert tuple(state["down.0.0.weight"].shape) == (32, 2, 2, 2, 32)
+    assert tuple(state["enc.3.block5.conv2.weight"].shape) == (256, 3, 3, 3, 256)
+    assert model.out_channels == 96 and "final.weight" not in state
+
+
+def test_pointnet2_hint_needs_the_reference_input_channels():
+    """yanx27's pointnet2_sem_seg hard-codes sa1's 9 + 3 inputs: other in_channels get no hint."""
+    with torch.device("meta"):
+        ours = PointNet2(PointNet2Config(preset="ssg", in_channels=6)).state_dict()
+    assert tuple(ours["sa1.mlp_convs.0.weight"].shape) == (32, 9, 1, 1)  # the reference has (32, 12, 1, 1)
+    assert model_name_hint("pointnet2", {"preset": "ssg", "in_channels": 6}) == ("reference_model", None)

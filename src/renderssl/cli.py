@@ -237,8 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides (and encoder paths) may also follow the options, e.g.
+    ``renderssl compare ENC --tasks depth downstream.steps=50``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    spill = next((n for n in ("items", "overrides") if isinstance(getattr(args, n, None), list)), None)
+    if extra and (spill is None or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, spill).extend(extra)
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.handler(args)
     except InputError as err:

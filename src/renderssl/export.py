@@ -20,7 +20,8 @@ Choices:
   ``timm.create_model(hint, num_classes=0)`` for a ViT; ``torchvision.models.<hint>()`` for a ResNet
   (with ``num_classes=0`` replace its ``fc`` by ``nn.Identity()`` first, or pass ``num_classes=N``);
   Pointcept's ``SpUNet-v1m1`` with ``num_classes=0`` for a base-preset SparseUNet (any ``in_channels``);
-  yanx27's ``pointnet2_sem_seg`` without its ``conv1/bn1/conv2`` head for an ``ssg`` PointNet++.
+  yanx27's ``pointnet2_sem_seg`` without its ``conv1/bn1/conv2`` head for an ``ssg`` PointNet++ with
+  its 9 input channels.
   It is null when no such model exists (other image/patch size, widths, input channels).
 * :func:`load_encoder` returns the model in ``eval()`` mode (frozen-feature use is the common case;
   call ``.train()`` to fine-tune).
@@ -109,7 +110,7 @@ def model_name_hint(architecture: str, config) -> tuple[str, str | None]:
         base = all(getattr(cfg, k) == v for k, v in SPARSE_UNET_PRESETS["base"].items())
         return "pointcept_model", "SpUNet-v1m1" if base else None
     if architecture == "pointnet2":
-        ssg = all(getattr(cfg, k) == v for k, v in POINTNET2_PRESETS["ssg"].items() if k != "in_channels")
+        ssg = all(getattr(cfg, k) == v for k, v in POINTNET2_PRESETS["ssg"].items())  # its sa1 takes 9 + 3 inputs
         return "reference_model", "yanx27/Pointnet_Pointnet2_pytorch pointnet2_sem_seg" if ssg and not cfg.fp1_skip else None
     if architecture == "resnet":
         return "torchvision_model", cfg.torchvision_name if cfg.in_chans == 3 else None

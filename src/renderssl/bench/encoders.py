@@ -7,8 +7,10 @@ versus point count, with fitted scaling exponents t ~ N^b and memory ~ N^b.
   on surfaces, as in RGB-D scans, which is what sets a sparse conv's neighbour density.
 - Step: ``encoder(points, features, offset)`` then ``features.square().mean().backward()`` in train
   mode (BatchNorm on batch statistics). Best of ``repeats`` runs; one run when the first exceeds 2 s.
-- Peak memory: :class:`~renderssl.bench.memory.PeakMemory` over the first run (resident-set growth on
-  CPU, allocator peak on CUDA).
+- Peak memory: :class:`~renderssl.bench.memory.PeakMemory` over the first timed run, after one warm-up
+  step per encoder (resident-set growth on CPU with large blocks served by mmap, allocator peak on
+  CUDA): activations and temporaries. Parameters and the previous step's gradients (freed and
+  reallocated within the step) are held at the start, so they do not count.
 - The SparseUNet voxelises at its ``grid_size`` (0.02 m by default); the voxel count is reported.
 """
 
@@ -24,7 +26,7 @@ from ..data.points import fuse_frames
 from ..data.synthetic import SyntheticConfig, generate_scene
 from ..models.encoders.pointnet2 import PointNet2, PointNet2Config
 from ..models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
-from .memory import PeakMemory, synchronize
+from .memory import PeakMemory, synchronize, use_mmap_for_large_blocks
 
 COUNTS = (10_000, 20_000, 50_000, 100_000, 200_000)
 SLOW_SECONDS = 2.0
@@ -95,11 +97,13 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
 def bench_encoders(counts=COUNTS, sparse_unet: str = "base", pointnet2: str = "scene", device="cpu",
                    repeats: int = 3, log=print) -> EncoderBench:
     device = torch.device(device)
+    use_mmap_for_large_blocks()
     points, features = bench_cloud(max(counts))
     order = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(0))
     result = EncoderBench()
     for name, encoder in build_encoders(sparse_unet, pointnet2).items():
         encoder.to(device).train()
+        time_encoder(encoder, points[order[:min(counts)]], features[order[:min(counts)]], device, repeats=1)  # warm-up
         for n in counts:
             idx = order[:n]
             seconds, peak = time_encoder(encoder, points[idx], features[idx], device, repeats)

@@ -169,6 +169,9 @@ def frames_from_scenes(viewsets: list[ViewSet], task: str) -> tuple[Tensor, Tens
         raise InputError(f"frames_from_scenes: {task!r} is not an image task; expected one of {DENSE_TASKS + ('classification',)}")
     if not viewsets:
         raise InputError("frames_from_scenes: no scenes given")
+    clouds = [v.name for v in viewsets if not isinstance(v, ViewSet)]
+    if clouds:
+        raise InputError(f"frames_from_scenes: task {task!r} needs posed images; scenes {clouds[:3]} are point clouds")
     sizes = {(v.height, v.width) for v in viewsets}
     if len(sizes) > 1:
         raise InputError(f"frames_from_scenes: scenes have different image sizes {sorted(sizes)}; resize them first")

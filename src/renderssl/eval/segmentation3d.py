@@ -155,7 +155,12 @@ def train_point_segmentation(encoder: nn.Module, train_scenes: list, cfg: Downst
 @torch.no_grad()
 def evaluate_point_segmentation(model: PointSegmentationModel, test_scenes: list, cfg: DownstreamConfig) -> dict:
     """mIoU, mean class accuracy and overall accuracy over every labelled point of the test scenes."""
-    dataset = PointCloudDataset([scene_cloud(s, cfg.points) for s in test_scenes])
+    clouds = [scene_cloud(s, cfg.points) for s in test_scenes]
+    for cloud in clouds:
+        if int(cloud.semantic.max()) >= model.num_classes:
+            raise InputError(f"test scene {cloud.name!r} has label {int(cloud.semantic.max())}, but the model has "
+                             f"{model.num_classes} classes (from the training scenes); set downstream.num_classes")
+    dataset = PointCloudDataset(clouds)
     device = next(model.parameters()).device
     model.eval()
     meter = _SegmentationScores(model.num_classes)

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,7 @@ from torch import Tensor, nn
 
 from ...data.points import check_points, cloud_index, farthest_point_sampling, offset_to_counts, pad_clouds
 from ...errors import InputError, check_finite
+from .presets import apply_preset
 
 DEFAULT_CHUNK_ENTRIES = 2 ** 24  # largest (queries x Nmax) distance block built at once (GPU)
 CPU_CHUNK_ENTRIES = 2 ** 18  # on CPU: cache-sized blocks are ~5x faster than 2^24 ones
@@ -338,15 +339,7 @@ class PointNet2Config:
         def bad(field: str, msg: str):
             raise InputError(f"pointnet2.{field}: {msg}")
 
-        if self.preset is not None:
-            if self.preset not in PRESETS:
-                bad("preset", f"unknown preset {self.preset!r}; expected one of {list(PRESETS)}")
-            for key, value in PRESETS[self.preset].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        missing = [f.name for f in fields(self) if f.name not in ("preset", "chunk_entries") and getattr(self, f.name) is None]
-        if missing:
-            bad(missing[0], f"{missing} must be set when no preset is given")
+        apply_preset(self, PRESETS, "pointnet2", ("in_channels", "npoints", "radii", "nsamples", "sa_mlps", "fp_mlps"))
 
         def ints(field: str, values, minimum: int) -> tuple[int, ...]:
             try:

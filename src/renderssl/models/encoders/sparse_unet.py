@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ...data.points import grid_coordinates, offset_to_batch
 from ...errors import InputError, check_finite, check_shape
+from .presets import apply_preset
 from .sparse_conv import (
     SparseConv3d, SparseInverseConv3d, SparseSequential, SparseTensor, SubMConv3d, check_coordinate_range,
     pack_keys,
@@ -56,15 +57,7 @@ class SparseUNetConfig:
     grid_size: float = 0.02  # voxel edge in scene units (metres)
 
     def __post_init__(self):
-        if self.preset is not None:
-            if self.preset not in PRESETS:
-                raise InputError(f"sparse_unet.preset: unknown preset {self.preset!r}; expected one of {list(PRESETS)}")
-            for key, value in PRESETS[self.preset].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        missing = [k for k in ("base_channels", "channels", "layers") if getattr(self, k) is None]
-        if missing:
-            raise InputError(f"sparse_unet: {missing} must be set when no preset is given")
+        apply_preset(self, PRESETS, "sparse_unet", ("base_channels", "channels", "layers"))
         self.channels, self.layers = tuple(int(c) for c in self.channels), tuple(int(n) for n in self.layers)
         if len(self.channels) != len(self.layers) or len(self.layers) % 2 or not self.layers:
             raise InputError(f"sparse_unet: channels {self.channels} and layers {self.layers} must have the same even length")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import InputError
+from .presets import apply_preset
 from .pos_embed import sincos_2d
 
 PRESETS = {
@@ -41,15 +42,7 @@ class ViTConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
-        if self.preset is not None:
-            if self.preset not in PRESETS:
-                raise InputError(f"vit.preset: unknown preset {self.preset!r}; expected one of {list(PRESETS)}")
-            for key, value in PRESETS[self.preset].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        missing = [k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is None]
-        if missing:
-            raise InputError(f"vit: {missing} must be set when no preset is given")
+        apply_preset(self, PRESETS, "vit", ("embed_dim", "depth", "num_heads"))
         if isinstance(self.img_size, int):
             self.img_size = (self.img_size, self.img_size)
         self.img_size = tuple(int(v) for v in self.img_size)
