@@ -59,3 +59,15 @@ def test_bad_compare_configs():
         CompareConfig()
     with pytest.raises(InputError, match="unknown"):
         CompareConfig(encoders=["x"], tasks=["detection"])
+
+
+def test_architecture_spec_sets_preset_and_fields():
+    from renderssl.errors import InputError
+    from renderssl.finetune import architecture_factory
+
+    model = architecture_factory("sparse_unet:small:grid_size=0.05", in_channels=3)()
+    assert (model.config.grid_size, model.config.channels[0], model.in_channels) == (0.05, 16, 3)
+    assert architecture_factory("pointnet2:small:in_channels=0", in_channels=6)().in_channels == 0  # the spec wins
+    for bad in ("sparse_unet:small:=3", "sparse_unet:small:gird=3", "nonsense:small"):
+        with pytest.raises(InputError):
+            architecture_factory(bad)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
 from .eval.downstream import DownstreamConfig, compare_with_scratch, run_downstream
 from .export import build_encoder, load_encoder, read_encoder_info
 from .train.config import DataConfig
@@ -27,10 +28,21 @@ def encoder_factory(path, scratch: bool = False):
 
 
 def architecture_factory(spec: str, **fields):
-    """A callable returning a freshly initialised encoder from ``"<architecture>:<preset>"`` (e.g.
-    ``sparse_unet:small``, ``pointnet2:scene``) and extra config fields."""
-    architecture, _, preset = spec.partition(":")
-    config = dict(fields, **({"preset": preset} if preset else {}))
+    """A callable returning a freshly initialised encoder from ``"<architecture>[:<preset>][:key=value...]"``
+    (e.g. ``sparse_unet:small``, ``pointnet2:scene``, ``sparse_unet:small:grid_size=0.05``; values are
+    YAML) and extra config fields (the spec's own ``key=value`` win)."""
+    import yaml
+
+    architecture, *parts = spec.split(":")
+    config = dict(fields)
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep:
+            config["preset"] = part
+        elif key:
+            config[key] = yaml.safe_load(value)
+        else:
+            raise InputError(f"encoder spec {spec!r}: expected key=value, got {part!r}")
     build_encoder(architecture, config)  # fail now, naming the spec, not in the middle of a comparison
 
     def make() -> torch.nn.Module:
