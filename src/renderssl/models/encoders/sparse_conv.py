@@ -17,8 +17,9 @@ inverse conv ``nn.ConvTranspose3d``) read at the output voxels: the tests check 
 Mechanism
 ---------
 * **Coordinate hashing.** A voxel (cloud b, x, y, z) packs into one int64 key (12 bits of cloud index,
-  17 bits per axis, coordinates in [0, 2^17)). A sorted key array plus ``searchsorted`` is the hash
-  table; a query outside the coordinate range is a miss, never an alias.
+  17 bits per axis holding the coordinate + a 16-voxel margin, coordinates in [0, 2^17 - 32)), so
+  adding a packed kernel offset moves a key exactly (:func:`offset_keys`). A sorted key array plus
+  ``searchsorted`` is the hash table; a query outside the coordinate range is a miss, never an alias.
 * **Kernel maps.** A map is the list of (input row, output row) pairs of each kernel offset (K = k^3
   offsets in (x, y, z) row-major order), found by looking up every voxel + offset in the hash
   (submanifold) or by dividing every voxel - offset by the stride (strided). Maps are built once per
