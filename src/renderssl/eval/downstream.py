@@ -81,6 +81,7 @@ POINT_TASKS = ("segmentation3d",)
 POINT_FEATURES = ("color", "color_normal")
 MODES = ("finetune", "linear")
 DENSE_TASKS = ("segmentation", "depth")
+IMAGE_TASKS = DENSE_TASKS + ("classification",)
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "dist_token")
 EMBEDDING_PREFIXES = ("cls_token", "mask_token", "pos_embed", "patch_embed")
 
@@ -165,8 +166,8 @@ def frames_from_scenes(viewsets: list[ViewSet], task: str) -> tuple[Tensor, Tens
     Returns images (N, 3, H, W) and targets: segmentation (N, H, W) int64 (-1 = ignore); depth
     (N, 1, H, W) metres (0 = invalid); classification (N,) int64, one label per scene.
     """
-    if task not in TASKS or task in POINT_TASKS:
-        raise InputError(f"frames_from_scenes: {task!r} is not an image task; expected one of {DENSE_TASKS + ('classification',)}")
+    if task not in IMAGE_TASKS:
+        raise InputError(f"frames_from_scenes: {task!r} is not an image task; expected one of {IMAGE_TASKS}")
     if not viewsets:
         raise InputError("frames_from_scenes: no scenes given")
     clouds = [v.name for v in viewsets if not isinstance(v, ViewSet)]
