@@ -55,3 +55,15 @@ def test_overrides_may_follow_options():
     args = parse_args(["compare", "runs/a", "--tasks", "segmentation3d", "downstream.steps=2", "runs/b"])
     assert args.items == ["runs/a", "downstream.steps=2", "runs/b"] and args.tasks == "segmentation3d"
     assert parse_args(["pretrain", "gmae_tiny", "--resume", "train.steps=3"]).overrides == ["train.steps=3"]
+
+
+def test_bench_encoders_smoke_and_exponent_fit():
+    from renderssl.bench.encoders import bench_encoders, fit_exponent, format_encoder_bench
+
+    assert abs(fit_exponent([1e3, 1e4, 1e5], [3 * x**0.5 for x in (1e3, 1e4, 1e5)]) - 0.5) < 1e-9
+    result = bench_encoders(counts=(400, 800), sparse_unet="small", pointnet2="small", repeats=1, log=lambda s: None)
+    assert [(t.encoder, t.points) for t in result.timings] == [
+        ("sparse_unet:small", 400), ("sparse_unet:small", 800), ("pointnet2:small", 400), ("pointnet2:small", 800)]
+    assert all(t.seconds > 0 for t in result.timings)
+    assert all(0 < t.voxels <= t.points for t in result.timings if t.encoder.startswith("sparse_unet"))
+    assert "800 points" in format_encoder_bench(result)

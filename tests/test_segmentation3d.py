@@ -297,6 +297,9 @@ def test_compare_scratch_architectures_equal_direct_runs(tmp_path, splits):
     for spec in SPECS:
         direct = run_on_splits(architecture_factory(spec, in_channels=6), train, test, direct_cfg)
         assert task["runs"][f"{spec} (scratch)"]["1.0"] == [direct["metrics"]["miou"]]
+        recorded = task["all_metrics"][f"{spec} (scratch)"]["1.0"][0]
+        for key in ("miou", "mean_class_acc", "overall_acc", "num_points"):
+            assert recorded[key] == direct["metrics"][key]
 
 
 COMMON = ["--tasks", "segmentation3d", "--fractions", "1.0", "--seeds", "1"]

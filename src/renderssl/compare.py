@@ -5,7 +5,8 @@ baseline of the first encoder's architecture (plus one scratch entry per ``archi
 as ``sparse_unet:small``) is fine-tuned on the same downstream task, with the same
 train/test scenes, label subsets, budget and seeds, at each label fraction; scores are taken on the
 held-out test scenes. The test scenes are checked against every encoder's pretraining scenes: an
-encoder that saw a test scene in pretraining is refused. Writes ``results.json``, ``comparison.md``
+encoder that saw a test scene in pretraining is refused. Writes ``results.json`` (the compared metric
+per run under ``runs``, every scalar metric per run under ``all_metrics``), ``comparison.md``
 (one table per task) and ``<task>.png`` (metric vs label fraction, one line per method, +/- one std).
 """
 
@@ -112,15 +113,19 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     for task in cfg.tasks:
         key, label = TASK_METRIC[task]
         runs = {name: {f: [] for f in cfg.fractions} for name, _ in entries}
+        scores = {name: {str(f): [] for f in cfg.fractions} for name, _ in entries}  # every scalar metric
         for fraction in cfg.fractions:
             for seed in range(cfg.seeds):
                 ds = from_dict(DownstreamConfig, {**to_dict(cfg.downstream), "task": task, "label_fraction": fraction, "seed": seed})
                 for name, factory in entries:
-                    value = run_on_splits(factory, train_all, test, ds)["metrics"][key]
+                    metrics = run_on_splits(factory, train_all, test, ds)["metrics"]
+                    value = metrics[key]
                     runs[name][fraction].append(value)
+                    scores[name][str(fraction)].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     log(f"{task} {100 * fraction:g}% labels seed {seed} {name}: {key} {value:.4f} ({time.perf_counter() - start:.0f} s)")
         rows = {name: {f: summarise(v) for f, v in by_f.items()} for name, by_f in runs.items()}
-        results["tasks"][task] = {"metric": key, "runs": {n: {str(f): v for f, v in r.items()} for n, r in runs.items()}}
+        results["tasks"][task] = {"metric": key, "runs": {n: {str(f): v for f, v in r.items()} for n, r in runs.items()},
+                                  "all_metrics": scores}
         report.append(markdown_table(rows, cfg.fractions, label))
         plot_metric(rows, cfg.fractions, label, out / f"{task}.png")
     out.mkdir(parents=True, exist_ok=True)
