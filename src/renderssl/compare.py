@@ -21,7 +21,6 @@ from .data.build import load_split, split_range
 from .errors import InputError
 from .eval.downstream import DownstreamConfig, run_on_splits
 from .eval.report import markdown_table, plot_metric
-from .eval.segmentation3d import FEATURE_CHANNELS
 from .export import POINT_ARCHITECTURES, read_encoder_info
 from .finetune import architecture_factory, data_config_of, encoder_factory
 from .train.config import DataConfig, from_dict, to_dict
@@ -102,7 +101,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     entries = [(name, encoder_factory(path)) for name, path in zip(names, encoders)]
     if cfg.scratch and encoders:
         entries.append(("scratch", encoder_factory(encoders[0], scratch=True)))
-    point_fields = {"in_channels": FEATURE_CHANNELS[cfg.downstream.points.features]}
+    point_fields = {"in_channels": cfg.downstream.points.in_channels}
     entries += [(f"{spec} (scratch)", architecture_factory(spec, **(point_fields if spec.split(":")[0] in POINT_ARCHITECTURES else {})))
                 for spec in cfg.architectures]
     train_all, test = load_split(data, "train"), load_split(data, "test")

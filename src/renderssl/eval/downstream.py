@@ -78,7 +78,7 @@ from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
 
 TASKS = ("segmentation", "depth", "classification", "segmentation3d")
 POINT_TASKS = ("segmentation3d",)
-POINT_FEATURES = ("color", "color_normal")
+POINT_FEATURES = {"color": ("colors",), "color_normal": ("colors", "normals")}  # input features -> cloud fields
 MODES = ("finetune", "linear")
 DENSE_TASKS = ("segmentation", "depth")
 IMAGE_TASKS = DENSE_TASKS + ("classification",)
@@ -98,9 +98,14 @@ class PointTaskConfig:
 
     def __post_init__(self):
         if self.features not in POINT_FEATURES:
-            raise InputError(f"PointTaskConfig.features: expected one of {POINT_FEATURES}, got {self.features!r}")
+            raise InputError(f"PointTaskConfig.features: expected one of {list(POINT_FEATURES)}, got {self.features!r}")
         if self.frame_stride < 1 or self.grid_size < 0 or self.max_points < 0:
             raise InputError("PointTaskConfig: frame_stride must be >= 1, grid_size and max_points >= 0")
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels the features give a 3D encoder (3 per field: colours, normals)."""
+        return 3 * len(POINT_FEATURES[self.features])
 
 
 @dataclass
@@ -468,7 +473,7 @@ class Top1Meter:
         return {"top1": self.correct / self.count if self.count else math.nan}
 
 
-class _SegmentationScores(SegmentationMeter):
+class SegmentationScores(SegmentationMeter):
     """SegmentationMeter whose ``compute`` keeps the scalar scores and per-class IoU as a list."""
 
     def compute(self) -> dict:
@@ -479,7 +484,7 @@ class _SegmentationScores(SegmentationMeter):
 
 def make_meter(model: DownstreamModel):
     if model.task == "segmentation":
-        return _SegmentationScores(model.num_classes)
+        return SegmentationScores(model.num_classes)
     if model.task == "depth":
         return DepthMeter()
     return Top1Meter()

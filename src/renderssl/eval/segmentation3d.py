@@ -47,11 +47,9 @@ from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
 from .downstream import (
-    DownstreamConfig, DownstreamModel, PointTaskConfig, _SegmentationScores, batch_schedule, learning_rate,
+    POINT_FEATURES, DownstreamConfig, DownstreamModel, PointTaskConfig, SegmentationScores, batch_schedule, learning_rate,
     param_groups, set_learning_rate,
 )
-
-FEATURE_CHANNELS = {"color": 3, "color_normal": 6}
 
 
 def scene_cloud(scene: PointCloud | ViewSet, cfg: PointTaskConfig) -> PointCloud:
@@ -64,7 +62,7 @@ def scene_cloud(scene: PointCloud | ViewSet, cfg: PointTaskConfig) -> PointCloud
 
 def point_features(sample: dict, features: str, where: str) -> Tensor:
     """(N, 3) colours or (N, 6) colours + normals of a sample dict."""
-    needed = ("colors", "normals") if features == "color_normal" else ("colors",)
+    needed = POINT_FEATURES[features]
     missing = [k for k in needed if k not in sample]
     if missing:
         raise InputError(f"{where}: features {features!r} need {missing}, which this cloud lacks")
@@ -118,7 +116,7 @@ def num_point_classes(scenes: list, clouds: list[PointCloud], cfg: DownstreamCon
 
 
 def build_point_model(encoder: nn.Module, scenes: list, clouds: list[PointCloud], cfg: DownstreamConfig) -> PointSegmentationModel:
-    expected = FEATURE_CHANNELS[cfg.points.features]
+    expected = cfg.points.in_channels
     if getattr(encoder, "in_channels", expected) != expected:
         raise InputError(f"3D segmentation: the encoder takes {encoder.in_channels} input channels, features "
                          f"{cfg.points.features!r} give {expected}")
@@ -163,7 +161,7 @@ def evaluate_point_segmentation(model: PointSegmentationModel, test_scenes: list
     dataset = PointCloudDataset(clouds)
     device = next(model.parameters()).device
     model.eval()
-    meter = _SegmentationScores(model.num_classes)
+    meter = SegmentationScores(model.num_classes)
     points = 0
     for start in range(0, len(dataset), cfg.eval_batch_size):
         batch = point_batch([dataset[i] for i in range(start, min(start + cfg.eval_batch_size, len(dataset)))], cfg.points)
@@ -177,6 +175,6 @@ def evaluate_point_segmentation(model: PointSegmentationModel, test_scenes: list
 
 
 __all__ = [
-    "FEATURE_CHANNELS", "PointSegmentationModel", "evaluate_point_segmentation", "point_features", "scene_cloud",
+    "PointSegmentationModel", "evaluate_point_segmentation", "point_features", "scene_cloud",
     "train_point_segmentation",
 ]
