@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from renderssl.methods.base import Method, MethodOutput
+from renderssl.methods.base import Method, MethodOutput, StepContext
 from renderssl.train import OptimConfig, Trainer, TrainConfig
 from renderssl.train.config import ConfigError, from_dict
 
@@ -70,13 +70,13 @@ class RegressionMethod(Method):
     def no_weight_decay(self) -> set[str]:
         return {"query"}
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MethodOutput:
+    def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         self.calls += 1
         if self.cfg.sleep:
             time.sleep(self.cfg.sleep)
         x = batch["x"]  # (B, D)
         if self.cfg.noise:
-            x = x + self.cfg.noise * torch.randn(x.shape, generator=generator).to(x.device)
+            x = x + self.cfg.noise * torch.randn(x.shape, generator=ctx.generator).to(x.device)
         pred = self.head(self.encoder(x) + self.query).view_as(batch["y"])  # (B, 3, S, S)
         loss = F.mse_loss(pred, batch["y"])
         if self.calls in self.cfg.nan_at:

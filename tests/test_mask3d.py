@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from renderssl.methods.base import StepContext
 import yaml
 from safetensors.torch import load_file
 
@@ -128,7 +130,7 @@ def test_method_loss_ignores_invalid_depth(norm):
     assert invalid.any()
 
     def loss(d):
-        return model({"rgb": rgb, "depth": d}, torch.Generator().manual_seed(5)).loss
+        return model({"rgb": rgb, "depth": d}, StepContext(torch.Generator().manual_seed(5))).loss
 
     base = loss(depth)
     for junk in (float("nan"), -1.0, float("-inf")):  # other encodings of "no depth" change nothing
@@ -158,7 +160,7 @@ def test_tiny_mask3d_reduces_its_loss_on_a_fixed_batch(kw, ratio):
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(40):
-        out = model(batch, torch.Generator().manual_seed(0))  # same masks every step
+        out = model(batch, StepContext(torch.Generator().manual_seed(0)))  # same masks every step
         opt.zero_grad()
         out.loss.backward()
         opt.step()

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from renderssl.methods.base import StepContext
+
 from renderssl.data.masking import mask_to_pixels, patchify, random_masking, unpatchify, unshuffle
 from renderssl.methods.gmae import GMAE, GMAEConfig, fixed_camera
 from renderssl.methods.mae import MAE, MAEConfig, norm_pix_target
@@ -110,7 +112,7 @@ def test_tiny_model_reduces_its_loss_on_a_fixed_batch(factory, ratio):
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(40):
-        out = model({"image": images}, torch.Generator().manual_seed(0))  # same mask every step
+        out = model({"image": images}, StepContext(torch.Generator().manual_seed(0)))  # same mask every step
         opt.zero_grad()
         out.loss.backward()
         opt.step()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..methods.base import StepContext
 from ..experiment import ExperimentConfig, build_method
 from ..methods.mae import MAE, MAEConfig
 from .memory import synchronize
@@ -79,7 +80,7 @@ def time_method(name: str, method: torch.nn.Module, images: torch.Tensor, warmup
     batch = {"image": images}
 
     def step(i: int) -> None:
-        out = method(batch, torch.Generator().manual_seed(i))
+        out = method(batch, StepContext(torch.Generator().manual_seed(i), i + 1, repeats))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

@@ -1,17 +1,58 @@
 """What every pretraining recipe is: a module that turns a batch into a loss and pictures.
 
 A method owns its ``encoder`` (the product: exported alone, loaded by downstream tasks) and whatever
-heads and renderers its pretext task needs. ``forward(batch, generator)`` draws every random choice
-of the step (masks, sampled rays, views) from ``generator``, which the trainer seeds from (seed, step,
-rank), so a step is a pure function of its inputs and a resumed run repeats exactly.
+heads and renderers its pretext task needs. It declares, as class attributes and small methods:
+
+- ``sample_type``: the sample it trains on (``"image"``, ``"rgbd"``, ``"multiview"``, ``"points"``);
+  the experiment builds the matching Dataset and collate function from it;
+- ``encoder_architecture``: the export architecture of ``encoder`` (``"vit"``, ``"resnet"``,
+  ``"sparse_unet"``, ``"pointnet2"``), with :meth:`encoder_config` its config;
+- :meth:`param_groups`: named groups of parameters (by name prefix) with their own learning rate and
+  weight decay (e.g. GNT's transformer at 5e-4 and CNN at 1e-3); ``optim.groups`` overrides them;
+- :meth:`validate`: metrics of a held-out batch (default: the loss and its terms, without gradients).
+
+``forward(batch, ctx)`` receives a :class:`StepContext`: the generator every random choice of the step
+(masks, sampled rays, views) is drawn from, seeded by the trainer from (seed, step, rank) so a step is a
+pure function of its inputs and a resumed run repeats exactly, and the step and total steps, so that
+schedules inside a recipe (curricula, losses switched on late, annealing) are functions of the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+SAMPLE_TYPES = ("image", "rgbd", "multiview", "points")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a forward pass stands: its random generator and its place in the schedule."""
+
+    generator: torch.Generator | None = None
+    step: int = 0  # the 1-based optimizer step being computed; 0 outside training
+    total_steps: int = 1
+
+    @property
+    def progress(self) -> float:
+        """step / total_steps in [0, 1]."""
+        return min(max(self.step / max(self.total_steps, 1), 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters whose names start with one of ``prefixes`` ("" matches every name), with their own
+    learning rate and weight decay (None = the optimiser's). A parameter joins the first group that
+    matches it, in declaration order; parameters no group matches join the optimiser's defaults."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    lr: float | None = None
+    weight_decay: float | None = None
 
 
 @dataclass
@@ -19,20 +60,64 @@ class MethodOutput:
     loss: Tensor  # scalar, the quantity to minimise
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts of the loss, for logging
     renders: dict[str, Tensor] = field(default_factory=dict)  # (B, 3, H, W) in [0, 1] for previews (detached)
-    extras: dict = field(default_factory=dict)  # method-specific detached outputs (e.g. GMAE's Gaussians)
+    extras: dict = field(default_factory=dict)  # method-specific outputs (e.g. GMAE's Gaussians), detached
+
+    def __post_init__(self):
+        self.terms = {k: v.detach() for k, v in self.terms.items()}
+        self.renders = {k: v.detach() for k, v in self.renders.items()}
+        self.extras = detach_tree(self.extras)
+
+
+def detach_tree(value):
+    """``value`` with every tensor detached, through dicts, lists, tuples and dataclasses."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: detach_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(detach_tree(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: detach_tree(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+def dataclass_dict(config) -> dict:
+    """Plain JSON-serialisable dict (tuples as lists) of a dataclass config."""
+
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
 
 
 class Method(nn.Module):
     """Base class of the recipes."""
 
+    sample_type: ClassVar[str] = "image"
+    encoder_architecture: ClassVar[str] = "vit"
     encoder: nn.Module
+    config: object  # the recipe's config dataclass; its ``encoder`` field configures ``encoder``
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MethodOutput:  # pragma: no cover
+    def forward(self, batch: dict, ctx: StepContext) -> MethodOutput:  # pragma: no cover
         raise NotImplementedError
 
     def encoder_config(self) -> dict:
         """JSON-serialisable description of the encoder, written beside exported weights."""
-        raise NotImplementedError
+        return dataclass_dict(self.config.encoder)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Named parameter groups with their own lr / weight decay; none = one group for everything."""
+        return []
+
+    @torch.no_grad()
+    def validate(self, batch: dict, ctx: StepContext) -> dict[str, float]:
+        """Metrics of a held-out batch (default: the loss and its named terms)."""
+        output = self(batch, ctx)
+        return {"loss": float(output.loss), **{k: float(v) for k, v in output.terms.items()}}
 
     def preview_panels(self, batch: dict, output: MethodOutput) -> list[tuple[str, Tensor]]:
         """Named (3, H, W) pictures of the first sample for the training preview PNG."""

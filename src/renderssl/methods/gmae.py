@@ -40,7 +40,7 @@ from ..geometry import Cameras, intrinsics_matrix
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.mae_decoder import DecoderTrunk
 from ..render.splat import Gaussians, rasterize
-from .base import Method, MethodOutput
+from .base import Method, MethodOutput, StepContext
 
 LOSSES = ("masked", "all", "masked_norm")
 GAUSSIAN_DIM = 14  # xyz 3, scale 3, quaternion 4, rgb 3, opacity 1
@@ -106,10 +106,6 @@ class GMAE(Method):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "encoder.pos_embed", "query_tokens", "decoder.decoder_pos_embed"}
 
-    def encoder_config(self) -> dict:
-        from ..train.config import to_dict
-
-        return to_dict(self.config.encoder)
 
     # ---- the model -----------------------------------------------------------------------------
     def forward_encoder(self, images: Tensor, generator: torch.Generator | None, mask_ratio: float):
@@ -158,9 +154,9 @@ class GMAE(Method):
         patch_mask = pixel_mask[:, 0, ::p, ::p].reshape(per_patch.shape)
         return (per_patch * patch_mask).sum() / patch_mask.sum().clamp(min=1)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MethodOutput:
+    def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         images = batch["image"]  # (B, 3, H, W)
-        gaussians, mask, camera = self.predict_gaussians(images, generator)
+        gaussians, mask, camera = self.predict_gaussians(images, ctx.generator)
         out = self.render(gaussians, camera)
         rendered = out.color[:, 0]  # (B, 3, H, W)
         pixel_mask = mask_to_pixels(mask.mask, self.config.encoder.patch_size, self.encoder.grid_for(images))

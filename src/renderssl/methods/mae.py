@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..data.masking import mask_to_pixels, patchify, random_masking, unpatchify, unshuffle
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.mae_decoder import DecoderTrunk
-from .base import Method, MethodOutput
+from .base import Method, MethodOutput, StepContext
 
 
 @dataclass
@@ -57,10 +57,6 @@ class MAE(Method):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "encoder.pos_embed", "mask_token", "decoder.decoder_pos_embed"}
 
-    def encoder_config(self) -> dict:
-        from ..train.config import to_dict
-
-        return to_dict(self.config.encoder)
 
     def forward_encoder(self, images: Tensor, generator: torch.Generator | None):
         """-> (latent (B, 1 + n_keep, D), PatchMask)."""
@@ -83,10 +79,10 @@ class MAE(Method):
             target = norm_pix_target(target)
         return masked_mean(((pred - target) ** 2).mean(dim=-1), mask)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MethodOutput:
+    def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         images = batch["image"]  # (B, 3, H, W)
         grid = self.encoder.grid_for(images)
-        latent, mask = self.forward_encoder(images, generator)
+        latent, mask = self.forward_encoder(images, ctx.generator)
         pred = self.forward_decoder(latent, mask.ids_restore, grid)
         loss = self.forward_loss(images, pred, mask.mask)
         p = self.config.encoder.patch_size

@@ -101,7 +101,7 @@ from ..errors import InputError
 from ..models.encoders.depth_patch import DepthPatchEncoder
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.mae_decoder import DecoderTrunk
-from .base import Method, MethodOutput
+from .base import Method, MethodOutput, StepContext
 from ..viz import colorize_depth_batch, scalar_range
 
 MASK_TOKENS = ("fixed", "learned")
@@ -254,10 +254,6 @@ class Mask3D(Method):
         names = {"encoder.cls_token", "encoder.pos_embed", "decoder.decoder_pos_embed"}
         return names | ({"mask_token"} if self.config.mask_token == "learned" else set())
 
-    def encoder_config(self) -> dict:
-        from ..train.config import to_dict
-
-        return to_dict(self.config.encoder)
 
     def load_stage1(self, path) -> list[str]:
         """Put Stage-I colour-encoder weights (see :func:`stage1_encoder_state`) into ``encoder``; returns
@@ -333,9 +329,9 @@ class Mask3D(Method):
         return {"masks": masks, "depth_in": depth_in, "valid": valid, "depth_pred": self.depth_pred(x),
                 "rgb_pred": None if self.rgb_pred is None else self.rgb_pred(x)}
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> MethodOutput:
+    def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         rgb, depth, grid = self.unpack(batch)  # (B, 3, H, W), (B, 1, H, W)
-        out = self.predict(rgb, depth, generator)
+        out = self.predict(rgb, depth, ctx.generator)
         masks = out["masks"]
         loss = depth_loss = self.forward_loss(out["depth_pred"], out["depth_in"], out["valid"], masks)
         terms = {"depth_l2": depth_loss.detach()}

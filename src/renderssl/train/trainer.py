@@ -1,7 +1,7 @@
 """The training loop every recipe runs: data, DDP, AdamW + warm-up/cosine, checkpoints, logs, previews.
 
 Choices:
-- Reproducibility: step ``s`` (1-based) calls ``method(batch, generator)`` with a CPU generator seeded
+- Reproducibility: step ``s`` (1-based) calls ``method(batch, StepContext(generator, s, steps))`` with a CPU generator seeded
   by ``derive_seed(seed, s, rank)`` and the data order is a pure function of ``(seed, epoch)``
   (``ResumableDistributedSampler``), so a run resumed from a checkpoint repeats the uninterrupted run
   exactly. Global RNGs are seeded from ``(seed, rank)`` and their states saved per rank in checkpoints,
@@ -46,6 +46,8 @@ from .logger import METRICS, TrainLogger
 from .optim import build_optimizer
 from .sampler import ResumableDistributedSampler, derive_seed
 from .schedule import build_scheduler
+
+from ..methods.base import StepContext
 
 if TYPE_CHECKING:
     from ..methods.base import Method, MethodOutput
@@ -284,7 +286,7 @@ class Trainer:
     def _train_step(self, ctx, batch: dict, step: int, optimizer, scheduler) -> _StepResult:
         """Forward, agree on finiteness across ranks, then backward + clip + AdamW step (or skip)."""
         optimizer.zero_grad(set_to_none=True)
-        output = self.model(batch, step_generator(self.train.seed, step, ctx.rank))
+        output = self.model(batch, StepContext(step_generator(self.train.seed, step, ctx.rank), step, self.train.steps))
         names = list(output.terms)
         loss = output.loss.detach().float().reshape(())
         local = torch.stack([(~torch.isfinite(loss)).float(), loss, *[output.terms[n].detach().float().reshape(()).to(loss.device) for n in names]])
