@@ -164,12 +164,14 @@ class Trainer:
         optim: OptimConfig,
         collate_fn: Callable | None = None,
         config_dict: dict | None = None,
+        num_workers: int = 0,
     ):
         self.method = method  # the raw module: saved in checkpoints, owns .encoder
         self.dataset = dataset
         self.train = train
         self.optim = optim
         self.collate_fn = collate_fn
+        self.num_workers = num_workers  # DataLoader worker processes (data.workers)
         self.config_dict = _plain(config_dict if config_dict is not None else {"train": to_dict(train), "optim": to_dict(optim)})
         self.out_dir = Path(train.out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
@@ -253,7 +255,7 @@ class Trainer:
                 sampler=sampler,
                 drop_last=True,
                 collate_fn=self.collate_fn,
-                num_workers=self.train.num_workers,
+                num_workers=self.num_workers,
                 pin_memory=ctx.device.type == "cuda",
                 generator=torch.Generator().manual_seed(derive_seed(self.train.seed, sampler.epoch, ctx.rank, 1)),  # worker seeds
             )
