@@ -5,7 +5,8 @@ import torch
 from renderssl.bench.render import bench_render, format_render_bench
 from renderssl.cli import main
 from renderssl.data.formats import read_blender, read_llff, read_ply, read_scannet, read_sevenscenes
-from renderssl.data.synthetic import SyntheticConfig, generate_scene, viewset_to_pointcloud
+from renderssl.data.points import viewset_to_pointcloud
+from renderssl.data.synthetic import SyntheticConfig, generate_scene
 
 HALF_LEVEL = 0.5 / 255 + 1e-6  # 8-bit images of float renders
 

@@ -1,4 +1,4 @@
-"""Procedural scenes (data/synthetic.py): determinism, exact z-depth, analytic primitives, multi-view
+"""Procedural scenes (data/synthetic/): determinism, exact z-depth, analytic primitives, multi-view
 consistency, labels, point clouds and the generation-speed goal."""
 
 import time
@@ -6,10 +6,11 @@ import time
 import pytest
 import torch
 
+from renderssl.data.points import viewset_to_pointcloud
 from renderssl.data.synthetic import (
     BOX, CLASS_NAMES, CLASS_SPECS, ELLIPSOID, FRUSTUM, OBJECT_CLASSES, SyntheticConfig,
     generate_scene, intersect_boxes, intersect_ellipsoids, intersect_frustums, intersect_quads,
-    make_scene_layout, render_layout, render_rays, scene_cameras, viewset_to_pointcloud,
+    make_scene_layout, render_layout, render_rays, scene_cameras,
 )
 from renderssl.errors import InputError
 from renderssl.geometry import Cameras, intrinsics_matrix

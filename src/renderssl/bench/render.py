@@ -73,8 +73,8 @@ class SurfaceScenes:
     """Surfel Gaussians of one synthetic room, generated once and subsampled per N."""
 
     def __init__(self, seed: int = 0, views: int = 24, size: int = 128):
-        from ..data.synthetic import SyntheticConfig, make_scene_layout, scene_cameras, viewset_to_pointcloud
-        from ..data.synthetic import generate_scene
+        from ..data.points import viewset_to_pointcloud
+        from ..data.synthetic import SyntheticConfig, generate_scene, make_scene_layout, scene_cameras
 
         cfg = SyntheticConfig(kind="room", num_views=views, width=size, height=size)
         self.layout = make_scene_layout(seed, cfg)

@@ -24,7 +24,8 @@ from ..render.splat import rasterize
 from ..render.surfels import surfel_gaussians
 from ..viz import colorize_depth, colorize_labels, colorize_normals, save_grid
 from .formats import SCENE_FORMATS, write_ply, write_viewset
-from .synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras, viewset_to_pointcloud
+from .points import viewset_to_pointcloud
+from .synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras
 from .types import ViewSet
 
 

@@ -8,10 +8,12 @@ cloud, with ``offset`` ``(B,)`` cumulative counts or, equivalently, ``batch`` ``
 
 Choices where the papers are silent
 -----------------------------------
-Frames: ``fuse_frames`` back-projects the valid depth (> 0) of the chosen frames with
-  ``synthetic.viewset_to_pointcloud``: points come frame by frame, pixels in row-major order; every
-  ``stride``-th pixel in both directions; ``max_points`` keeps a uniform random subset in the original
-  order.
+Frames: ``viewset_to_pointcloud`` back-projects the valid depth (> 0) of every frame of a scene and
+  ``fuse_frames`` that of the chosen frames (it selects them, then calls ``viewset_to_pointcloud``):
+  points come frame by frame, pixels in row-major order; every ``stride``-th pixel in both directions;
+  per-pixel colours, normals, semantic and instance labels come along when the scene has them;
+  ``max_points`` keeps a uniform random subset in the original order, drawn from ``generator`` (seed 0
+  when None, so the result stays deterministic).
 Grid coordinates: ``floor((p - min over the cloud) / g)``, so every cloud's coordinates start at 0 on
   each axis and do not depend on where the cloud sits. Pointcept computes ``floor(p / g) - min floor(p / g)``
   instead (voxel edges fixed to the world origin); the two agree up to that shift of voxel edges.
@@ -79,7 +81,6 @@ from torch import Tensor
 
 from ..errors import InputError, check_finite
 from ..geometry import Cameras, SimilarityTransform, axis_angle_to_rotmat
-from .synthetic import viewset_to_pointcloud
 from .types import PointCloud, ViewSet
 
 GRID_MODES = ("random", "first", "center")
@@ -187,6 +188,36 @@ def pad_clouds(x: Tensor, batch: Tensor, counts: Tensor, fill: float) -> Tensor:
 
 
 # ---- frames -> cloud ------------------------------------------------------------------------------
+def viewset_to_pointcloud(viewset: ViewSet, stride: int = 1, max_points: int | None = None,
+                          generator: torch.Generator | None = None) -> PointCloud:
+    """Back-project the valid depth of every ``stride``-th pixel of every view into one world point
+    cloud with colours, normals, semantic and instance labels. ``max_points`` keeps a random subset
+    (in original order) drawn from ``generator`` (seed 0 if None, so the result stays deterministic)."""
+    if viewset.depth is None:
+        raise InputError(f"viewset_to_pointcloud: viewset {viewset.name!r} has no depth")
+    if int(stride) < 1:
+        raise InputError(f"viewset_to_pointcloud: stride must be >= 1, got {stride}")
+    world = viewset.cameras().backproject_depth(viewset.depth)  # (V, H, W, 3)
+    grid = (slice(None), slice(None, None, stride), slice(None, None, stride))
+    valid = viewset.depth[:, 0][grid] > 0  # (V, h, w)
+
+    def gather(x: Tensor | None, channels_first: bool) -> Tensor | None:
+        if x is None:
+            return None
+        x = x.permute(0, 2, 3, 1) if channels_first else x  # (V, H, W, C) or (V, H, W)
+        return x[grid][valid]
+
+    cloud = PointCloud(
+        points=gather(world, False), colors=gather(viewset.rgb, True), normals=gather(viewset.normals, True),
+        semantic=gather(viewset.semantic, False), instance=gather(viewset.instance, False), name=viewset.name,
+    )
+    if max_points is not None and len(cloud) > max_points:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(cloud), generator=g)[:max_points].sort().values
+        cloud = cloud.select(keep)
+    return cloud
+
+
 def fuse_frames(viewset: ViewSet, frames=None, stride: int = 1, max_points: int | None = None,
                 generator: torch.Generator | None = None) -> PointCloud:
     """Back-project the valid depth of ``frames`` (default all) of one scene into one world cloud with
@@ -493,5 +524,5 @@ __all__ = [
     "batch_to_offset", "block_mask", "check_points", "cloud_index", "cloud_pivot", "farthest_point_sampling",
     "fuse_frames", "grid_coordinates", "grid_sample", "offset_to_batch", "offset_to_counts", "pad_clouds",
     "point_group_mask", "point_groups", "random_mask_per_cloud", "random_point_mask", "random_point_transform",
-    "select_points", "split_by_offset", "voxel_keys",
+    "select_points", "split_by_offset", "viewset_to_pointcloud", "voxel_keys",
 ]
