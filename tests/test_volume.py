@@ -397,8 +397,13 @@ def test_bad_inputs_raise_input_error():
     with pytest.raises(InputError, match="rays"):
         render_neus(o, d, near[:3], far[:3], sphere_field())
     with pytest.raises(InputError, match="cos_anneal_ratio"):
-        render_neus(o, d, near, far, sphere_field(), cos_anneal_ratio=2.0)
+        render_neus(o, d, near, far, sphere_field(), variance=20.0, cos_anneal_ratio=2.0)
     with pytest.raises(InputError, match="field"):
-        render_neus(o, d, near, far, lambda p, dirs: p.norm(dim=-1))
+        render_neus(o, d, near, far, lambda p, dirs: p.norm(dim=-1), variance=20.0)
     with pytest.raises(InputError, match="variance"):
         render_neus(o, d, near, far, sphere_field(), variance=-1.0)
+    # no silent fresh, untrained variance module per call: the caller passes the trained one (or a fixed s)
+    with pytest.raises(InputError, match="variance is required"):
+        render_neus(o, d, near, far, sphere_field())
+    with pytest.raises(InputError, match="variance is required"):
+        render_neus_samples(o, d, sample_uniform(near, far, 8), sphere_field(), None)
