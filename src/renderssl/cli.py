@@ -21,7 +21,7 @@ from .errors import InputError
 
 
 def _data_synth(args) -> None:
-    from .data.export import export_synthetic, parse_size
+    from .synth_export import export_synthetic, parse_size
 
     export_synthetic(
         args.out, scenes=args.scenes, views=args.views, size=parse_size(args.size), kind=args.kind,

@@ -8,6 +8,9 @@ The preview shows, for the first scene, a few views' colour, depth, normals, sem
 maps, and a check of the Gaussian renderer: surfel Gaussians built from the scene's back-projected
 views, rasterized at a camera half-way between two views (a view that was not rendered), beside the
 exact ray-cast image of that camera, with the PSNR between them.
+
+It lives outside ``data/`` because the preview needs ``eval`` (PSNR) and ``viz``: ``data/`` imports
+neither.
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..eval.metrics import psnr
-from ..render.splat import rasterize
-from ..render.surfels import surfel_gaussians
-from ..viz import colorize_depth, colorize_labels, colorize_normals, save_grid
-from .formats import SCENE_FORMATS, write_ply, write_viewset
-from .points import viewset_to_pointcloud
-from .synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras
-from .types import ViewSet
-
+from .data.formats import SCENE_FORMATS, write_ply, write_viewset
+from .data.points import viewset_to_pointcloud
+from .data.synthetic import CLASS_NAMES, SyntheticConfig, generate_scene, make_scene_layout, render_layout, scene_cameras
+from .data.types import ViewSet
+from .errors import InputError
+from .eval.metrics import psnr
+from .render.splat import rasterize
+from .render.surfels import surfel_gaussians
+from .viz import colorize_depth, colorize_labels, colorize_normals, save_grid
 
 
 @dataclass
