@@ -1,6 +1,6 @@
 """Evaluation metrics: image quality (PSNR, SSIM), semantic segmentation, monocular depth.
 
-Conventions (see DESIGN.md): images ``(B, C, H, W)`` float in [0, 1] (data range 1); depth
+Conventions (see docs/conventions.md): images ``(B, C, H, W)`` float in [0, 1] (data range 1); depth
 ``(B, 1, H, W)`` metric z-depth with 0 = invalid; labels ``(B, H, W)`` int64 with -1 = ignore.
 LPIPS lives in :mod:`renderssl.eval.lpips` (it needs weight files).
 

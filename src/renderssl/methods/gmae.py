@@ -9,7 +9,7 @@ Gaussians are rendered with a fixed camera through ``render.splat`` and the loss
 originally masked pixels. ``loss: all`` (every pixel) and ``loss: masked_norm`` (per-patch normalised)
 are the paper's ablation (its Table 5c: masked 83.2 > all 81.8 > masked-norm 76.9 fine-tuning top-1).
 
-Our choices where the paper is silent (REFERENCE.md section 6 lists what is unconfirmed):
+Our choices where the paper is silent (docs/references.md, GMAE, lists what is unconfirmed):
 - Camera: orthographic, looking along +z (OpenCV axes: x right, y down), so a Gaussian's screen size
   does not depend on its depth and z only orders the layers. The visible image spans
   x, y in [-``view_extent``, ``view_extent``] (0.8), so tanh's range [-1, 1] reaches 25% past the border

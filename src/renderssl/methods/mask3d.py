@@ -1,7 +1,7 @@
 """Mask3D (Hou et al., CVPR 2023): pretrain a colour ViT by completing dense depth from sparse RGB-D.
 
-The paper (``shared/papers/mask3d.txt``) is the only source: no code was released (REFERENCE.md
-section 4, PAPER-ONLY). Each default below is quoted from it; everything it leaves open is listed as
+The paper (docs/references.md) is the only source: no code was released (docs/references.md,
+Mask3D: paper only). Each default below is quoted from it; everything it leaves open is listed as
 our choice.
 
 From the paper

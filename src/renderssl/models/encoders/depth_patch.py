@@ -3,7 +3,7 @@
 Mask3D (Hou et al., CVPR 2023), Sec. 3.1: depth patches are "concatenated with a positional embedding,
 following the ViT architecture", the positional embedding "encodes the patch location by a cosine
 function", and the encoders "are built by blocks composed of linear and norm layers". The paper gives
-no width, depth or code (REFERENCE.md section 4: PAPER-ONLY), so the layout here is ours:
+no width, depth or code (paper only: docs/references.md, Mask3D), so the layout here is ours:
 
 - patch embedding: one ``nn.Linear(p*p*C, D)`` on :func:`renderssl.data.masking.patchify` patches
   (the same map as ViT's stride-p convolution, on the patches that are given only);
