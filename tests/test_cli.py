@@ -68,3 +68,70 @@ def test_bench_encoders_smoke_and_exponent_fit():
     assert all(t.seconds > 0 for t in result.timings)
     assert all(0 < t.voxels <= t.points for t in result.timings if t.encoder.startswith("sparse_unet"))
     assert "800 points" in format_encoder_bench(result)
+
+
+def test_pretrain_help_lists_the_presets_and_marks_sweep_files(capsys):
+    import pytest
+
+    from renderssl.cli import parse_args
+    from renderssl.experiment import PRESET_DIR
+    from renderssl.sweep import load_sweep
+
+    files = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    sweeps = []
+    for name in files:  # a sweep file is one the sweep loader accepts
+        try:
+            load_sweep(name)
+            sweeps.append(name)
+        except Exception:
+            pass
+    assert sweeps == ["mask3d_ratio_grid"]
+    for verb in ("pretrain", "config"):
+        with pytest.raises(SystemExit):
+            parse_args([verb, "--help"])
+        text = capsys.readouterr().out
+        presets_line = next(line for line in text.splitlines() if line.startswith("presets: "))
+        sweep_line = next(line for line in text.splitlines() if line.startswith("sweep files"))
+        assert presets_line == "presets: " + ", ".join(n for n in files if n not in sweeps)
+        assert sweep_line.endswith(": mask3d_ratio_grid") and "renderssl sweep" in sweep_line
+
+
+def test_pretrain_and_config_refuse_a_sweep_file_with_a_pointer_to_sweep(capsys):
+    for verb in ("pretrain", "config"):
+        assert main([verb, "mask3d_ratio_grid", "train.steps=1"]) == 2
+        assert capsys.readouterr().err == (
+            "renderssl: error: mask3d_ratio_grid is a sweep file (a grid of pretraining runs), not a preset: "
+            "run it with `renderssl sweep mask3d_ratio_grid`\n")
+
+
+def test_config_errors_name_the_override_or_the_file(tmp_path, capsys):
+    assert main(["pretrain", "gmae_tiny", "train.steps=3", "gmae.num_gaussian=3", f"train.out_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (
+        "renderssl: error: override gmae.num_gaussian=3: unknown key num_gaussian in gmae; did you mean num_gaussians?\n")
+    assert main(["config", "gmae_tiny", "train.steps=abc"]) == 2
+    assert capsys.readouterr().err == "renderssl: error: override train.steps=abc: expected an integer, got 'abc'\n"
+    assert main(["config", "gmae_tiny", "gmae.camera=fisheye"]) == 2
+    assert capsys.readouterr().err == (
+        "renderssl: error: override gmae.camera=fisheye: 'fisheye' is not one of ['orthographic', 'pinhole']\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: gmae\ngmae:\n  num_gaussian: 3\n")
+    assert main(["pretrain", str(bad), "train.steps=3"]) == 2
+    assert capsys.readouterr().err == f"renderssl: error: {bad}: unknown key num_gaussian in gmae; did you mean num_gaussians?\n"
+
+
+def test_config_prints_the_resolved_config_as_yaml(tmp_path, capsys):
+    import yaml
+
+    from renderssl.experiment import PRESET_DIR, load_experiment
+
+    assert main(["config", "gmae_tiny", "train.steps=7", "gmae.camera=pinhole"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    preset = yaml.safe_load((PRESET_DIR / "gmae_tiny.yaml").read_text())
+    assert printed["method"] == "gmae" and printed["train"]["steps"] == 7 and printed["gmae"]["camera"] == "pinhole"
+    for key, value in preset["gmae"].items():  # the preset's own values, the rest filled with defaults
+        if not isinstance(value, dict):
+            assert printed["gmae"][key] == value, key
+    # What it prints is a complete config: loading it back gives the same experiment.
+    path = tmp_path / "printed.yaml"
+    path.write_text(yaml.safe_dump(printed))
+    assert load_experiment(path) == load_experiment("gmae_tiny", ["train.steps=7", "gmae.camera=pinhole"])

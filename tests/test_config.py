@@ -54,31 +54,40 @@ def error(overrides=(), path=None) -> str:
 
 
 def test_unknown_keys_name_the_dotted_key_and_suggest_the_closest():
-    assert error(["train.step=5"]) == "train.step: unknown key; did you mean steps?"
-    assert error(["trian.steps=5"]) == "trian: unknown key; did you mean train?"
-    assert error(["extra.deep.dept=3"]) == "extra.deep.dept: unknown key; did you mean depth?"
-    assert error(["optim.betas2=[1, 2]"]).startswith("optim.betas2: unknown key; did you mean betas?")
+    assert error(["train.step=5"]) == "override train.step=5: unknown key step in train; did you mean steps?"
+    assert error(["trian.steps=5"]) == "override trian.steps=5: unknown key trian; did you mean train?"
+    assert error(["extra.deep.dept=3"]) == "override extra.deep.dept=3: unknown key dept in extra.deep; did you mean depth?"
+    assert error(["optim.betas2=[1, 2]"]).startswith("override optim.betas2=[1, 2]: unknown key betas2 in optim; did you mean betas?")
     message = error(["train.zzzzzz=1"])
-    assert message.startswith("train.zzzzzz: unknown key; known keys: steps, batch_size, seed")
-    with pytest.raises(ConfigError, match="^gmae.num_gaussian: unknown key; did you mean num_gaussians"):
+    assert message.startswith("override train.zzzzzz=1: unknown key zzzzzz in train; known keys: steps, batch_size, seed")
+    with pytest.raises(ConfigError, match="^unknown key num_gaussian in gmae; did you mean num_gaussians") as info:
         from_dict(Gmae, {"num_gaussian": 4}, "gmae")
+    assert info.value.key == "gmae.num_gaussian"
 
 
 def test_wrong_types_name_the_key_and_the_value():
-    assert error(["train.steps=abc"]) == "train.steps: expected an integer, got 'abc'"
-    assert error(["train.steps=2.5"]) == "train.steps: expected an integer, got 2.5"
-    assert error(["train.steps=true"]) == "train.steps: expected an integer, got True"  # bools are not ints
-    assert error(["train.progress=1"]) == "train.progress: expected true or false, got 1"
-    assert error(["optim.blr=high"]) == "optim.blr: expected a number, got 'high'"
-    assert error(["optim.lr=fast"]) == "optim.lr: expected a number, got 'fast'"  # float | None
-    assert error(["optim.betas=0.9"]) == "optim.betas: expected a list, got 0.9"
-    assert error(["optim.betas=[0.9]"]) == "optim.betas: expected 2 values, got 1"
-    assert error(["optim.betas=[0.9, x]"]) == "optim.betas[1]: expected a number, got 'x'"
-    assert error(["extra.tags=[a, 3]"]) == "extra.tags[1]: expected a string, got 3"
-    assert error(["extra.deep.mode=slow"]) == "extra.deep.mode: 'slow' is not one of ['fast', 'exact']"
-    assert error(["train=5"]) == "train: expected a mapping of TrainConfig fields, got 5"
-    assert error(["train.steps=0"]) == "train: steps must be >= 1, got 0"  # the dataclass's own check
-    with pytest.raises(ConfigError, match="expected key=value"):
+    # The override names the key; the problem repeats it only when it lies deeper than the override's key.
+    cases = {
+        "train.steps=abc": "expected an integer, got 'abc'",
+        "train.steps=2.5": "expected an integer, got 2.5",
+        "train.steps=true": "expected an integer, got True",  # bools are not ints
+        "train.progress=1": "expected true or false, got 1",
+        "optim.blr=high": "expected a number, got 'high'",
+        "optim.lr=fast": "expected a number, got 'fast'",  # float | None
+        "optim.betas=0.9": "expected a list, got 0.9",
+        "optim.betas=[0.9]": "expected 2 values, got 1",
+        "optim.betas=[0.9, x]": "optim.betas[1]: expected a number, got 'x'",
+        "extra.tags=[a, 3]": "extra.tags[1]: expected a string, got 3",
+        "extra.deep.mode=slow": "'slow' is not one of ['fast', 'exact']",
+        "train=5": "expected a mapping of TrainConfig fields, got 5",
+        "train.steps=0": "train: steps must be >= 1, got 0",  # the dataclass's own check, at its section
+    }
+    for override, problem in cases.items():
+        assert error([override]) == f"override {override}: {problem}"
+    # from_dict alone (no override to name) names the dotted key.
+    with pytest.raises(ConfigError, match=r"^optim\.betas\[1\]: expected a number, got 'x'$"):
+        from_dict(Experiment, {"optim": {"betas": [0.9, "x"]}})
+    with pytest.raises(ConfigError, match=r"^override train\.steps: expected key=value"):
         apply_overrides({}, ["train.steps"])
 
 
@@ -130,7 +139,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     assert error(path=listed) == f"{listed}: expected a mapping at the top level"
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  stepz: 5\n")
-    assert error(path=typo) == f"{typo}: train.stepz: unknown key; did you mean steps?"
+    assert error(path=typo) == f"{typo}: unknown key stepz in train; did you mean steps?"
     bad_type = tmp_path / "type.yaml"
     bad_type.write_text("optim:\n  betas: [0.9, 0.95, 0.99]\n")
     assert error(path=bad_type) == f"{bad_type}: optim.betas: expected 2 values, got 3"
@@ -148,3 +157,60 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     path = save_config(cfg, tmp_path / "sub" / "config.yaml")
     assert load_config(Experiment, path) == cfg
     assert from_dict(TrainConfig, to_dict(TrainConfig(steps=3, device="cpu"))) == TrainConfig(steps=3, device="cpu")
+
+
+def test_errors_name_the_override_or_the_file_that_causes_them(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  steps: 50\n")
+    # A bad override is reported as that override; the file, which is fine, is not named.
+    assert error(["train.step=5"], path) == "override train.step=5: unknown key step in train; did you mean steps?"
+    assert error(["optim.blr=0.1", "train.steps=abc", "train.seed=3"], path) == "override train.steps=abc: expected an integer, got 'abc'"
+    # Several overrides of one section: the first that breaks its check (the later one does not fix it).
+    assert error(["train.steps=0", "train.seed=1"], path) == "override train.steps=0: train: steps must be >= 1, got 0"
+    # An error in the file is reported at the file, even with (good) overrides of the same section.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 50\n  sed: 3\n")
+    assert error(["train.steps=60"], bad) == f"{bad}: unknown key sed in train; did you mean seed?"
+    # A file value that an override replaces is not an error; a bad override of a bad file value is the override's.
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  steps: xyz\n")
+    assert load_config(Experiment, wrong, ["train.steps=7"]).train.steps == 7
+    assert error(["train.steps=abc"], wrong) == "override train.steps=abc: expected an integer, got 'abc'"
+    assert error([], wrong) == f"{wrong}: train.steps: expected an integer, got 'xyz'"
+
+
+def test_override_syntax_errors_name_the_override():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({}, ["train.steps=["])
+    assert str(info.value) == "override train.steps=[: the value is not valid YAML (expected the node content, but found '<stream end>')"
+    with pytest.raises(ConfigError, match=r"^override train\.steps\.x=1: train\.steps is a value, not a section$"):
+        apply_overrides({"train": {"steps": 3}}, ["train.steps.x=1"])
+    with pytest.raises(ConfigError, match=r"^override train\.\.steps=1: expected key=value"):
+        apply_overrides({}, ["train..steps=1"])
+
+
+def test_a_loader_that_names_its_file_is_reworded_once(tmp_path):
+    """``build_with_overrides`` around a loader that itself prefixes its errors with the file (as
+    ``experiment.load_experiment`` does): the override is named instead, or the file once."""
+    from renderssl.typed_config import build_with_overrides
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  steps: 50\n")
+
+    def loader(items):
+        try:
+            return from_dict(Experiment, apply_overrides(yaml.safe_load(path.read_text()), items))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def message(items):
+        with pytest.raises(ConfigError) as info:
+            build_with_overrides(loader, items, path)
+        return str(info.value)
+
+    assert message(["train.seed=1", "train.step=5"]) == "override train.step=5: unknown key step in train; did you mean steps?"
+    assert message(["optim.betas=[1]"]) == "override optim.betas=[1]: expected 2 values, got 1"
+    assert message(["train.x=["]).startswith("override train.x=[: the value is not valid YAML")
+    assert build_with_overrides(loader, ["train.seed=4"], path).train.seed == 4
+    path.write_text("train:\n  steps: 0\n")
+    assert message(["train.seed=1"]) == f"{path}: train: steps must be >= 1, got 0"

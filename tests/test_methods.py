@@ -85,6 +85,71 @@ def test_fixed_camera_maps_view_extent_to_the_image_border():
     torch.testing.assert_close(z[0, 0], torch.tensor([2.0, 1.5]))
 
 
+def _one_gaussian(x: float, z: float, scale: float = 0.05) -> "Gaussians":
+    from renderssl.render.splat import Gaussians
+
+    return Gaussians(torch.tensor([[[x, 0.0, z]]]), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.full((1, 1, 3), scale),
+                     torch.tensor([[0.9]]), torch.ones(1, 1, 3))
+
+
+@pytest.mark.parametrize("camera", ["orthographic", "pinhole"])
+def test_fixed_camera_renders_the_view_plane_centre_and_right_border(camera):
+    from renderssl.geometry import Cameras
+    from renderssl.render.splat import rasterize
+
+    W, H, extent, d = 64, 32, 0.8, 2.0
+    cam = fixed_camera(W, H, extent, 1, "cpu", camera=camera, camera_distance=d)
+    assert cam.model == {"orthographic": "ortho", "pinhole": "pinhole"}[camera]
+    # A Gaussian at (0, 0, d): its splat is point-symmetric about the image centre.
+    centre = rasterize(_one_gaussian(0.0, d), cam, backend="dense").alpha[0, 0, 0]  # (H, W)
+    assert centre.max() > 0.5
+    torch.testing.assert_close(centre, centre.flip(0, 1))
+    # A Gaussian at (extent, 0, d): seen through the same camera on an image twice as wide (same K), its
+    # splat is mirror-symmetric about u = W, the right border of the W-wide image.
+    wide = Cameras(cam.K, cam.c2w, 2 * W, H, cam.model)
+    border = rasterize(_one_gaussian(extent, d), wide, backend="dense").alpha[0, 0, 0]  # (H, 2W)
+    assert border.max() > 0.5 and int(border.sum(0).argmax()) in (W - 1, W)
+    torch.testing.assert_close(border[:, W - 8:W], border[:, W:W + 8].flip(1))
+
+
+def test_pinhole_footprint_grows_closer_to_the_camera_orthographic_does_not():
+    from renderssl.render.splat import rasterize
+
+    near_z, far_z = 1.5, 2.5
+    footprint = {}
+    for camera in ("orthographic", "pinhole"):
+        cam = fixed_camera(64, 64, 0.8, 1, "cpu", camera=camera, camera_distance=2.0)
+        alpha = {z: rasterize(_one_gaussian(0.0, z), cam, backend="dense").alpha[0, 0, 0] for z in (near_z, far_z)}
+        footprint[camera] = {z: int((a > 0.3).sum()) for z, a in alpha.items()}
+        if camera == "orthographic":
+            assert torch.equal(alpha[near_z], alpha[far_z])  # depth changes nothing on screen
+    assert footprint["orthographic"][near_z] == footprint["orthographic"][far_z] > 0
+    # Pinhole: screen radius ~ 1 / z, area ~ 1 / z^2: (2.5 / 1.5)^2 = 2.8 (eps2d blur and pixels shave it).
+    ratio = footprint["pinhole"][near_z] / footprint["pinhole"][far_z]
+    assert 2.2 < ratio < 3.3, footprint
+
+
+def test_gmae_pinhole_camera_trains_previews_and_layers():
+    from renderssl.evaluate import gmae_edges, gmae_layer_pictures
+
+    with pytest.raises(Exception, match="gmae.camera: 'fisheye' is not one of"):
+        GMAEConfig(camera="fisheye")
+    torch.manual_seed(0)
+    model = tiny_gmae(camera="pinhole")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = model({"image": images}, StepContext(torch.Generator().manual_seed(0)))
+    out.loss.backward()
+    assert out.extras["camera"].model == "pinhole" and torch.isfinite(out.loss)
+    panels = model.preview_panels({"image": images}, out)
+    assert [n for n, _ in panels][3:] == ["gaussian centres", "depth", "front half", "back half"]
+    assert all(img.shape == (3, 32, 32) and torch.isfinite(img).all() for _, img in panels)
+    model.eval()
+    edges = gmae_edges(model, images, num_layers=4)
+    assert edges.shape == (2, 32, 32) and bool(((edges >= 0) & (edges <= 1)).all())
+    fronts, masks = gmae_layer_pictures(model, images, num_layers=4)
+    assert len(fronts) == len(masks) == 2 and fronts[0].shape == masks[0].shape == (3, 32, 32)
+
+
 def test_gmae_masked_loss_ignores_visible_pixels():
     model = tiny_gmae()
     images, rendered = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)

@@ -43,6 +43,6 @@ def test_pretrain_export_finetune_evaluate(tmp_path, capsys):
 
 def test_bad_config_key_is_reported_by_name(tmp_path, capsys):
     assert main(["pretrain", "gmae_tiny", "gmae.num_gaussianz=3", f"train.out_dir={tmp_path}"]) == 2
-    assert "gmae.num_gaussianz: unknown key; did you mean num_gaussians?" in capsys.readouterr().err
+    assert "override gmae.num_gaussianz=3: unknown key num_gaussianz in gmae; did you mean num_gaussians?" in capsys.readouterr().err
     assert main(["pretrain", "no_such_preset"]) == 2
     assert "presets:" in capsys.readouterr().err

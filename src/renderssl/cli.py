@@ -2,6 +2,7 @@
 
     renderssl demo                                  pretrain GMAE, fine-tune vs scratch, compare
     renderssl pretrain CONFIG [key=value ...]       CONFIG: a preset (gmae_tiny, mae_base, ...) or a YAML path
+    renderssl config CONFIG [key=value ...]         print the resolved config (YAML) a run of it would write
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
     renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
     renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
@@ -45,9 +46,8 @@ def _bench_render(args) -> None:
 
 def _bench_step(args) -> None:
     from .bench.step import bench_step, format_step_bench
-    from .experiment import load_experiment
 
-    cfg = load_experiment(args.config, args.overrides)
+    cfg = _load_experiment(args.config, args.overrides)
     print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
 
 
@@ -64,16 +64,61 @@ def _bench_encoders(args) -> None:
     print(format_encoder_bench(result))
 
 
+SWEEP_MARKERS = ("base", "grid")  # top-level keys of a sweep file (sweep.SweepConfig) that no experiment config has
+
+
+def _is_sweep_file(path) -> bool:
+    from .typed_config import load_yaml
+
+    try:
+        return any(key in load_yaml(path) for key in SWEEP_MARKERS)
+    except InputError:  # not a readable mapping: neither; loading it as a config reports the problem
+        return False
+
+
+def _load_experiment(name, overrides: list[str]):
+    """``load_experiment(name, overrides)``; a sweep file is refused with a pointer to ``renderssl sweep``,
+    and a config error names the override (``override KEY=VALUE: ...``) or the file that causes it."""
+    from .experiment import load_experiment, resolve_config_path
+    from .typed_config import build_with_overrides
+
+    path = resolve_config_path(name)
+    if path.is_file() and _is_sweep_file(path):
+        raise InputError(f"{name} is a sweep file (a grid of pretraining runs), not a preset: run it with "
+                         f"`renderssl sweep {name}`")
+    return build_with_overrides(lambda items: load_experiment(name, items), overrides, path)
+
+
+def _presets_epilog() -> str:
+    from .experiment import presets, resolve_config_path
+
+    names = presets()
+    sweeps = [n for n in names if _is_sweep_file(resolve_config_path(n))]
+    return (f"presets: {', '.join(n for n in names if n not in sweeps)}\n"
+            f"sweep files (for `renderssl sweep NAME`, not presets): {', '.join(sweeps) or 'none'}")
+
+
 def _pretrain(args) -> None:
-    from .experiment import load_experiment, run_pretraining
+    from .experiment import run_pretraining
 
     from .train.distributed import launcher_rank
 
-    summary = run_pretraining(load_experiment(args.config, args.overrides), resume=args.resume)
+    summary = run_pretraining(_load_experiment(args.config, args.overrides), resume=args.resume)
     if launcher_rank() != 0:
         return
     print(f"step {summary.steps_done}: loss {summary.last_loss:.4f}; skipped non-finite steps: {summary.skipped_nonfinite}")
     print(f"run folder {summary.out_dir} (checkpoints, metrics.jsonl, TensorBoard, previews, encoder/)")
+
+
+def _config(args) -> None:
+    import yaml
+
+    from . import experiment
+    from .typed_config import to_dict
+
+    cfg = _load_experiment(args.config, args.overrides)
+    plain = experiment.config_dict(cfg) if hasattr(experiment, "config_dict") else to_dict(cfg)
+    print(yaml.safe_dump(plain, sort_keys=False), end="")
 
 
 def _finetune(args) -> None:
@@ -156,11 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per encoder")
     demo.set_defaults(handler=_demo)
 
-    pre = verbs.add_parser("pretrain", help="pretrain a recipe (torchrun for several processes)")
-    pre.add_argument("config", help="preset name or YAML path")
+    pre = verbs.add_parser("pretrain", help="pretrain a recipe (torchrun for several processes)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    pre.add_argument("config", help="preset name (listed below) or YAML path")
     pre.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
     pre.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
     pre.set_defaults(handler=_pretrain)
+    _list_presets_in_help(pre, "`renderssl config NAME [key=value ...]` prints the config a run would use.")
+
+    conf = verbs.add_parser("config", help="print the resolved config (YAML) of a preset or YAML file plus overrides",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    conf.add_argument("config", help="preset name (listed below) or YAML path")
+    conf.add_argument("overrides", nargs="*", help="key=value, e.g. gmae.camera=pinhole")
+    conf.set_defaults(handler=_config)
+    _list_presets_in_help(conf)
 
     fin = verbs.add_parser("finetune", help="fine-tune an exported encoder on a downstream task")
     fin.add_argument("encoder", help="exported encoder folder (renderssl export / <run>/encoder)")
@@ -235,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     enc.set_defaults(handler=_bench_encoders)
     return parser
+
+
+def _list_presets_in_help(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--help`` of ``parser`` ends with the presets (read when help is shown: building the parser
+    imports nothing heavy) and ``note``."""
+    format_help = parser.format_help
+
+    def with_presets() -> str:
+        parser.epilog = _presets_epilog() + (f"\n{note}" if note else "")
+        return format_help()
+
+    parser.format_help = with_presets
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,11 +10,25 @@ originally masked pixels. ``loss: all`` (every pixel) and ``loss: masked_norm`` 
 are the paper's ablation (its Table 5c: masked 83.2 > all 81.8 > masked-norm 76.9 fine-tuning top-1).
 
 Our choices where the paper is silent (docs/references.md, GMAE, lists what is unconfirmed):
-- Camera: orthographic, looking along +z (OpenCV axes: x right, y down), so a Gaussian's screen size
-  does not depend on its depth and z only orders the layers. The visible image spans
-  x, y in [-``view_extent``, ``view_extent``] (0.8), so tanh's range [-1, 1] reaches 25% past the border
-  and Gaussians can sit on the image edge without saturating tanh. Depth: camera z = ``camera_distance``
-  (2.0) + tanh z, i.e. in [1, 3], always in front of the near plane.
+- Camera (``camera``): ``orthographic`` (default) or ``pinhole``, at the origin looking along +z
+  (OpenCV axes: x right, y down). Depth: camera z = ``camera_distance`` (2.0) + tanh z, i.e. in [1, 3],
+  always in front of the near plane. Orthographic: the visible image spans x, y in
+  [-``view_extent``, ``view_extent``] (0.8) at every depth, so tanh's range [-1, 1] reaches 25% past the
+  border and Gaussians can sit on the image edge without saturating tanh; a Gaussian's screen size does
+  not depend on its depth and z only orders the layers. Pinhole: the focal length f = W d / (2 extent)
+  makes the image span [-extent, extent] on the plane z = d = ``camera_distance`` (horizontal field of
+  view 2 atan(0.8 / 2) = 43.6 degrees), so a Gaussian's screen size scales with 1 / z (3x larger at
+  z = 1 than at z = 3); at z = 1 the view spans [-0.4, 0.4], at z = 3 [-1.2, 1.2], where tanh's range
+  no longer reaches the border.
+- Which camera the paper's layering argument needs: the paper explains its zero-shot layers with
+  Gaussians "closer to the camera" covering more pixels: "At the start, some Gaussians will be closer
+  to the camera, influencing more pixels, therefore representing low-frequency regions. Our layering
+  results are the outcome of this property." (its Sec. 4.4, "Size vs Depth"). That holds under
+  perspective projection (``pinhole``). Under our orthographic default it does not: depth changes no
+  Gaussian's footprint, so nearness alone gives no Gaussian more pixels; only compositing order
+  (front Gaussians occlude the ones behind) ties depth to the image, and any size-depth correlation
+  (the paper's Fig. 11) must be learned rather than come from the projection. The paper does not say
+  which projection it used; the unofficial reimplementation uses an orthographic camera.
 - Scale cap: ``max_scale`` c = 0.2 world units (a quarter of the visible half-width): scale =
   c * sigmoid(s). The paper's c values (0.5, 1, 2; best 1.0) are in units it does not define; the
   unofficial reimplementation uses 0.15 with a similar camera.
@@ -43,6 +57,7 @@ from ..render.splat import Gaussians, rasterize
 from .base import Method, MethodOutput, StepContext
 
 LOSSES = ("masked", "all", "masked_norm")
+CAMERAS = ("orthographic", "pinhole")
 GAUSSIAN_DIM = 14  # xyz 3, scale 3, quaternion 4, rgb 3, opacity 1
 
 
@@ -57,6 +72,7 @@ class GMAEConfig:
     max_scale: float = 0.2  # c in scale = c * sigmoid(s), world units
     view_extent: float = 0.8  # the image shows x, y in [-extent, extent]
     camera_distance: float = 2.0  # camera z of a Gaussian = distance + tanh(z)
+    camera: str = "orthographic"  # orthographic | pinhole (see fixed_camera)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     loss: str = "masked"  # masked | all | masked_norm
     render_backend: str = "auto"  # compiled CPU kernel when it builds, gsplat on CUDA, else tiles
@@ -64,6 +80,8 @@ class GMAEConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise InputError(f"gmae.loss: {self.loss!r} is not one of {list(LOSSES)}")
+        if self.camera not in CAMERAS:
+            raise InputError(f"gmae.camera: {self.camera!r} is not one of {list(CAMERAS)}")
         if self.num_gaussians < 1 or self.max_scale <= 0 or self.view_extent <= 0 or self.camera_distance <= 1.0:
             raise InputError("gmae: num_gaussians >= 1, max_scale > 0, view_extent > 0 and camera_distance > 1 are required")
 
@@ -81,13 +99,25 @@ def gaussians_from_params(raw: Tensor, max_scale: float, camera_distance: float)
     )
 
 
-def fixed_camera(width: int, height: int, view_extent: float, batch: int, device, dtype=torch.float32) -> Cameras:
-    """Orthographic camera at the origin looking along +z whose image spans [-extent, extent] in x
-    (and the same pixel size in y), for a batch of B scenes x 1 view."""
-    f = 0.5 * width / view_extent
+def fixed_camera(
+    width: int, height: int, view_extent: float, batch: int, device, dtype=torch.float32,
+    camera: str = "orthographic", camera_distance: float = 2.0,
+) -> Cameras:
+    """The fixed camera at the origin looking along +z, for a batch of B scenes x 1 view.
+
+    ``orthographic``: the image spans x in [-extent, extent] at every depth (f = W / (2 extent) pixels
+    per world unit). ``pinhole``: the image spans x in [-extent, extent] on the plane z =
+    ``camera_distance`` (f = W d / (2 extent) pixels, horizontal field of view 2 atan(extent / d),
+    43.6 degrees for 0.8 and 2.0); nearer planes show less, farther planes more. Square pixels, so y
+    spans [-extent H / W, extent H / W] on that plane; principal point at the image centre.
+    """
+    if camera not in CAMERAS:
+        raise InputError(f"gmae.camera: {camera!r} is not one of {list(CAMERAS)}")
+    f = 0.5 * width / view_extent * (camera_distance if camera == "pinhole" else 1.0)
     K = intrinsics_matrix(f, f, width / 2, height / 2, dtype=dtype).to(device)
     c2w = torch.eye(4, dtype=dtype, device=device)
-    return Cameras(K.expand(batch, 1, 3, 3), c2w.expand(batch, 1, 4, 4), width, height, model="ortho")
+    model = "pinhole" if camera == "pinhole" else "ortho"
+    return Cameras(K.expand(batch, 1, 3, 3), c2w.expand(batch, 1, 4, 4), width, height, model=model)
 
 
 class GMAE(Method):
@@ -130,7 +160,8 @@ class GMAE(Method):
         latent, mask = self.forward_encoder(images, generator, ratio)
         raw = self.forward_decoder(latent, mask.ids_keep, grid)
         gaussians = gaussians_from_params(raw, self.config.max_scale, self.config.camera_distance)
-        camera = fixed_camera(images.shape[-1], images.shape[-2], self.config.view_extent, images.shape[0], images.device, images.dtype)
+        camera = fixed_camera(images.shape[-1], images.shape[-2], self.config.view_extent, images.shape[0], images.device,
+                              images.dtype, camera=self.config.camera, camera_distance=self.config.camera_distance)
         return gaussians, mask, camera
 
     def render(self, gaussians: Gaussians, camera: Cameras):
