@@ -245,7 +245,8 @@ def test_presets_parse_and_base_is_paper_scale():
     assert t.encoder.grid_size == (8, 8) and t.encoder.embed_dim == 192
     assert b.encoder.grid_size == (15, 20) and b.encoder.embed_dim == 768  # 300 patches of 16x16, ViT-B
     assert (b.rgb_keep, b.depth_keep, b.norm_depth_loss, b.reconstruct_rgb) == (0.2, 0.2, True, False)
-    assert base["data"]["height"] == 240 and base["data"]["width"] == 320 and base["train"]["batch_size"] == 128
+    assert base["data"]["height"] == 240 and base["data"]["width"] == 320
+    assert (base["train"]["batch_size"], base["train"]["accumulate"]) == (64, 2)  # effective 128 (Sec. 4.1)
     assert Mask3DConfig().encoder.img_size == (240, 320)  # the dataclass defaults are the paper's too
 
 

@@ -61,7 +61,7 @@ def test_lr_schedule_warmup_then_cosine_at_hand_computed_steps():
     expected[6] = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 10))
     for t, lr in expected.items():
         assert lr_at_step(t, base, low, warm, total) == pytest.approx(lr, abs=1e-12), t
-    # the LambdaLR the trainer uses: the (t+1)-th optimizer step runs at lr(t)
+    # the scheduler the trainer uses: the (t+1)-th optimizer step runs at lr(t)
     model = nn.Linear(2, 2)
     opt = build_optimizer(model, OptimConfig(lr=base, min_lr=low, warmup_steps=warm), total_batch=1)
     sched = build_scheduler(opt, OptimConfig(lr=base, min_lr=low, warmup_steps=warm), total_steps=total)
@@ -349,7 +349,7 @@ def test_run_writes_config_metrics_tensorboard_previews_and_checkpoints(tmp_path
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_000004.pt", "step_000006.pt"]
     state = load_checkpoint(summary.checkpoint)
     assert {"model", "optimizer", "scheduler", "sampler", "rng", "step", "config", "counters"} <= set(state)
-    assert state["step"] == 6 and state["config"] == config and state["scheduler"]["last_epoch"] == 6
+    assert state["step"] == 6 and state["config"] == config and state["scheduler"]["step"] == 6
     assert state["sampler"]["epoch"] == 0 and state["sampler"]["position"] == 24  # 6 batches of 4 of 48 samples
 
     # resuming a finished run does nothing; a fresh run in the same directory replaces the old one

@@ -86,6 +86,8 @@ def _convert(tp, value, where: str):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if len(args) == 2:  # dict[K, V]: keys and values converted (e.g. optim.groups.<name>.lr)
+            return {_convert(args[0], k, where): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is typing.Any:
         return value

@@ -22,12 +22,19 @@ Modes
     classification that is MAE's linear probe; for the dense tasks the "probe" is the light head of
     :mod:`renderssl.eval.heads`.
   * ``finetune``: encoder and head train together.
-  Both modes use AdamW (betas 0.9, 0.999) with a per-step schedule: linear warm-up over ``warmup`` steps
-  to ``lr``, then a half-cycle cosine to 0 (MAE's fine-tuning schedule, counted in steps, not epochs).
-  Weight decay skips 1-D parameters (biases, norms) and tokens/position embeddings (MAE's rule).
+  Both modes use the engine's optimiser and schedule code (:mod:`renderssl.train.optim`,
+  :mod:`renderssl.train.schedule`) through :func:`optim_config` and :func:`build_optimization`: AdamW
+  (betas 0.9, 0.999, eps 1e-8) with a per-step schedule, linear warm-up over ``warmup`` steps to ``lr``,
+  then a half-cycle cosine to 0 (MAE's fine-tuning schedule, counted in steps, not epochs). The warm-up
+  is ``lr (t + 1) / warmup`` (``warmup_from_zero: false``), so the first step already moves, unlike
+  pretraining's MAE warm-up that starts at 0. Weight decay skips 1-D parameters (biases, norms) and
+  tokens/position embeddings, by name (MAE's rule, passed as ``skip``), plus whatever the shared rule
+  adds (names ending in ``.bias``, names a module lists in ``no_weight_decay()``).
   Layer-wise lr decay (MAE/BEiT): with L ViT blocks, the patch embedding, class token and position
   embedding are layer 0, block i is layer i + 1, everything after (final norm, head) is layer L + 1;
-  layer l gets ``lr * layer_decay ** (L + 1 - l)``. Encoders without ``blocks`` get scale 1 everywhere.
+  layer l gets ``lr * layer_decay ** (L + 1 - l)``: parameter groups ``layer_0`` .. ``layer_L`` of the
+  shared code (:func:`layer_groups`), layer L + 1 its default group. Encoders without ``blocks`` (and
+  ``layer_decay`` 1) get scale 1 everywhere, i.e. the default group only.
   The only augmentation is a random horizontal flip (``hflip``) of image and target together.
 Encoder access
   Everything goes through :func:`encoder_features` (dense maps: ``patch_features`` if the encoder has it,
@@ -71,8 +78,12 @@ from ..data.build import load_split
 from ..data.points import PointAugmentConfig
 from ..data.types import ViewSet
 from ..errors import InputError
-from ..train.config import DataConfig
+from ..methods.base import ParamGroup
+from ..train.config import DataConfig, OptimConfig
 from ..train.distributed import resolve_device
+from ..train.optim import build_optimizer
+from ..train.optim import param_groups as shared_param_groups
+from ..train.schedule import StepSchedule, build_scheduler, lr_at_step
 from .heads import HEAD_CHANNELS, DepthHead, LinearClassifier, SegmentationHead
 from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
 
@@ -349,35 +360,55 @@ def encoder_layer_id(name: str, num_blocks: int) -> int:
 
 
 def uses_weight_decay(name: str, param: Tensor) -> bool:
+    """MAE's fine-tuning rule: decay only parameters with ndim > 1 that are not tokens / position embeddings."""
     return param.ndim > 1 and name.split(".")[-1] not in NO_DECAY_NAMES
 
 
-def param_groups(model: DownstreamModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups keyed by (lr scale, decay or not); each group carries ``lr_scale``."""
+def no_decay_names(model: nn.Module) -> list[str]:
+    """Full names of ``model``'s parameters :func:`uses_weight_decay` exempts (the shared code's ``skip``)."""
+    return [name for name, param in model.named_parameters() if not uses_weight_decay(name, param)]
+
+
+def layer_groups(model: DownstreamModel, lr: float, layer_decay: float) -> list[ParamGroup]:
+    """Layer-wise lr decay as parameter groups: ``layer_l`` (prefixes of :func:`encoder_layer_id`'s layer
+    l = 0 .. L) at ``lr * layer_decay ** (L + 1 - l)``; layer L + 1 is left to the default group (``lr``).
+    Empty when the encoder has no ``blocks`` or ``layer_decay`` is 1 (every scale would be 1)."""
     blocks = getattr(model.encoder, "blocks", None)
-    num_blocks = len(blocks) if blocks is not None else 0
-    groups: dict[tuple[float, bool], dict] = {}
+    if blocks is None or layer_decay == 1:
+        return []
+    num_blocks = len(blocks)
+    embeddings = tuple(f"encoder.{p}" for p in EMBEDDING_PREFIXES)
+    groups = [ParamGroup("layer_0", embeddings, lr=lr * layer_decay ** (num_blocks + 1))]
+    for i in range(num_blocks):
+        groups.append(ParamGroup(f"layer_{i + 1}", (f"encoder.blocks.{i}.",), lr=lr * layer_decay ** (num_blocks - i)))
+    return groups
 
-    def add(name: str, param: Tensor, layer: int) -> None:
-        scale = layer_decay ** (num_blocks + 1 - layer) if blocks is not None else 1.0
-        decay = uses_weight_decay(name, param)
-        new = {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0}
-        groups.setdefault((scale, decay), new)["params"].append(param)
 
-    for name, param in model.encoder.named_parameters():
-        if param.requires_grad:
-            add(name, param, encoder_layer_id(name, num_blocks))
-    for name, param in model.head.named_parameters():
-        add(name, param, num_blocks + 1)
-    return list(groups.values())
+def optim_config(cfg: DownstreamConfig) -> OptimConfig:
+    """Fine-tuning's optimiser and schedule in the engine's terms (see the module docstring)."""
+    return OptimConfig(name="adamw", lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8,
+                       schedule="cosine", warmup_steps=cfg.warmup, warmup_from_zero=False)
+
+
+def param_groups(model: DownstreamModel, weight_decay: float, layer_decay: float) -> list[dict]:
+    """The torch param groups fine-tuning uses, for a peak lr of 1: non-empty groups of the shared code
+    (``params``, ``names``, ``name``, ``decay``, ``weight_decay``) with ``lr_scale``, their lr / ``cfg.lr``."""
+    groups = shared_param_groups(model, weight_decay, no_decay_names(model), lr=1.0,
+                                 groups=layer_groups(model, 1.0, layer_decay))
+    return [{**{k: v for k, v in g.items() if k != "lr"}, "lr_scale": g["lr"]} for g in groups if g["params"]]
+
+
+def build_optimization(model: nn.Module, cfg: DownstreamConfig) -> tuple[torch.optim.Optimizer, StepSchedule]:
+    """AdamW over ``model``'s trainable parameters and its schedule; step the schedule after every optimizer step."""
+    ocfg = optim_config(cfg)
+    groups = layer_groups(model, cfg.lr, cfg.layer_decay)
+    optimizer = build_optimizer(model, ocfg, total_batch=cfg.batch_size, groups=groups, skip=no_decay_names(model))
+    return optimizer, build_scheduler(optimizer, ocfg, cfg.steps)
 
 
 def learning_rate(step: int, cfg: DownstreamConfig) -> float:
-    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup`` steps, then half-cycle cosine to 0."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """lr of step ``step`` (0-based) at layer scale 1: warm-up ``lr (step + 1) / warmup``, then cosine to 0."""
+    return lr_at_step(step, cfg.lr, 0.0, cfg.warmup, cfg.steps, from_zero=False)
 
 
 def batch_schedule(num_frames: int, cfg: DownstreamConfig, generator: torch.Generator) -> Tensor:
@@ -407,7 +438,7 @@ def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: Downs
     images, targets = frames_from_scenes(train_scenes, cfg.task)
     device = resolve_device(cfg.device)
     model = build_model(encoder, train_scenes, targets, cfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr)
+    optimizer, lr_schedule = build_optimization(model, cfg)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     schedule = batch_schedule(images.shape[0], cfg, generator)  # (steps, B)
     model.train()
@@ -415,11 +446,11 @@ def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: Downs
         x, y = images[idx], targets[idx]
         if cfg.hflip:
             x, y = random_hflip(x, y, cfg.task in DENSE_TASKS, generator)
-        set_learning_rate(optimizer, learning_rate(step, cfg))
         loss = model.forward_loss(model(x.to(device)), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr_schedule.step()
         model.loss_history.append(float(loss.detach()))
     return model.eval()
 
@@ -432,11 +463,6 @@ def build_model(encoder: nn.Module, scenes: list[ViewSet], targets: Tensor, cfg:
         torch.manual_seed(int(cfg.seed))
         head = build_head(cfg.task, encoder_dim(encoder), num_classes, cfg.head_channels, init_depth)
     return DownstreamModel(copy.deepcopy(encoder), head, cfg.task, num_classes, cfg.mode == "linear")
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
 
 
 @torch.no_grad()

@@ -47,8 +47,7 @@ from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
 from .downstream import (
-    POINT_FEATURES, DownstreamConfig, DownstreamModel, PointTaskConfig, SegmentationScores, batch_schedule, learning_rate,
-    param_groups, set_learning_rate,
+    POINT_FEATURES, DownstreamConfig, DownstreamModel, PointTaskConfig, SegmentationScores, batch_schedule, build_optimization,
 )
 
 
@@ -133,12 +132,11 @@ def train_point_segmentation(encoder: nn.Module, train_scenes: list, cfg: Downst
     dataset = PointCloudDataset(clouds)
     device = resolve_device(cfg.device)
     model = build_point_model(encoder, train_scenes, clouds, cfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr)
+    optimizer, lr_schedule = build_optimization(model, cfg)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     model.train()
     for step, idx in enumerate(batch_schedule(len(clouds), cfg, generator)):
         batch = point_batch([training_sample(dataset[int(i)], cfg.points, generator) for i in idx], cfg.points)
-        set_learning_rate(optimizer, learning_rate(step, cfg))
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         loss = model.forward_loss(model(batch), batch["semantic"])
         if not torch.isfinite(loss):
@@ -146,6 +144,7 @@ def train_point_segmentation(encoder: nn.Module, train_scenes: list, cfg: Downst
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr_schedule.step()
         model.loss_history.append(float(loss.detach()))
     return model.eval()
 

@@ -1,4 +1,5 @@
-"""The training engine: typed configs, AdamW + warm-up/cosine, resumable data order, checkpoints,
+"""The training engine: typed configs, optimisers (AdamW/Adam/SGD, parameter groups) and per-step
+schedules (warm-up + cosine, OneCycle, step decay, constant), resumable data order, checkpoints,
 logs, DDP, and the ``Trainer`` that runs any recipe.
 
 Importing this package does not import TensorBoard (the logger does so when it is made).

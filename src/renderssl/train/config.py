@@ -3,29 +3,114 @@ lives in :mod:`renderssl.typed_config` and is re-exported here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from ..errors import InputError
 from ..typed_config import ConfigError, apply_overrides, from_dict, load_config, load_yaml, save_config, to_dict
 
-__all__ = ["ConfigError", "DataConfig", "OptimConfig", "TrainConfig", "apply_overrides", "from_dict", "load_config",
-           "load_yaml", "save_config", "to_dict"]
+__all__ = ["ConfigError", "DataConfig", "GroupOverride", "OptimConfig", "TrainConfig", "apply_overrides", "from_dict",
+           "load_config", "load_yaml", "save_config", "to_dict"]
 
 
 # ---- the experiment ------------------------------------------------------------------------------
 
 
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
+ANNEAL_STRATEGIES = ("cos", "linear")
+
+
+@dataclass
+class GroupOverride:
+    """Config override of one of a method's named parameter groups (``Method.param_groups()``);
+    None keeps the method's value (or, if it gives none, the optimiser's)."""
+
+    lr: float | None = None  # peak learning rate of the group (absolute)
+    weight_decay: float | None = None  # applied to the group's decayed parameters only
+
+    def __post_init__(self):
+        if self.lr is not None and self.lr < 0:
+            raise InputError(f"lr must be >= 0 or null, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise InputError(f"weight_decay must be >= 0 or null, got {self.weight_decay}")
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay, per iteration (MAE's recipe)."""
+    """Optimiser and per-step learning-rate schedule (see :mod:`renderssl.train.optim` and
+    :mod:`renderssl.train.schedule`). The defaults are MAE's recipe: AdamW, linear warm-up then
+    half-cycle cosine to ``min_lr``, per iteration."""
 
-    lr: float | None = None  # absolute learning rate; None = blr * total batch / 256 (MAE's rule)
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float | None = None  # absolute peak learning rate; None = blr * total batch / 256 (MAE's rule)
     blr: float = 1.5e-4
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # cosine only: the floor (groups with their own lr get it scaled by lr_group / lr)
     weight_decay: float = 0.05  # not applied to biases, norms, tokens and position embeddings
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.95)  # adamw / adam
+    eps: float = 1e-8  # adamw / adam
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd; needs momentum > 0
     grad_clip: float | None = None  # max global gradient norm; None = no clipping (MAE pretraining)
+    schedule: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    warmup_steps: int = 100  # linear warm-up of cosine / step / constant (onecycle warms up in its first phase)
+    warmup_from_zero: bool = True  # True: lr(t) = peak t / warmup (MAE); False: peak (t + 1) / warmup
+    step_size: int | None = None  # step: lr x gamma every step_size optimizer steps (required by step)
+    gamma: float = 0.1  # step: the decay factor (torch StepLR's default)
+    pct_start: float = 0.3  # onecycle (torch OneCycleLR's defaults from here on)
+    div_factor: float = 25.0  # onecycle: start lr = peak / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
+    anneal_strategy: Literal["cos", "linear"] = "cos"  # onecycle
+    three_phase: bool = False  # onecycle
+    cycle_momentum: bool = True  # onecycle: momentum (sgd) or beta1 (adam/adamw) cycles inversely to the lr
+    base_momentum: float = 0.85  # onecycle: momentum at the peak lr
+    max_momentum: float = 0.95  # onecycle: momentum at the start and end
+    groups: dict[str, GroupOverride] = field(default_factory=dict)  # overrides of the method's param groups
+
+    def __post_init__(self):
+        def bad(key: str, why: str):
+            raise InputError(f"{key}: {why}, got {getattr(self, key)!r}")
+
+        choices = {"name": OPTIMIZERS, "schedule": SCHEDULES, "anneal_strategy": ANNEAL_STRATEGIES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad(key, f"expected one of {list(allowed)}")
+        if self.lr is not None and not self.lr > 0:
+            bad("lr", "must be > 0 or null")
+        positive = ("blr", "eps", "gamma", "div_factor", "final_div_factor")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                bad(key, "must be > 0")
+        for key in ("min_lr", "weight_decay"):
+            if getattr(self, key) < 0:
+                bad(key, "must be >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            bad("betas", "each must lie in [0, 1)")
+        for key in ("momentum", "base_momentum", "max_momentum"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, "must lie in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            raise InputError("nesterov: needs momentum > 0, got momentum 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad("grad_clip", "must be > 0 or null")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if self.step_size is not None and self.step_size < 1:
+            bad("step_size", "must be >= 1 or null")
+        if self.schedule == "step" and self.step_size is None:
+            bad("step_size", "is required by schedule 'step'")
+        if not 0 < self.pct_start < (0.5 if self.three_phase else 1):
+            bad("pct_start", "must lie in (0, 0.5) with three_phase" if self.three_phase else "must lie in (0, 1)")
+        if self.base_momentum > self.max_momentum:
+            bad("base_momentum", f"must be <= max_momentum ({self.max_momentum})")
+        groups = {}
+        for name, override in self.groups.items():  # plain dicts when built in Python, not through from_dict
+            if not isinstance(name, str):
+                raise InputError(f"groups: group names must be strings, got {name!r}")
+            if not isinstance(override, GroupOverride):
+                override = from_dict(GroupOverride, override, f"groups.{name}")
+            groups[name] = override
+        self.groups = groups
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
