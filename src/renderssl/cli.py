@@ -30,38 +30,59 @@ def _data_synth(args) -> None:
     )
 
 
-def _bench_render(args) -> None:
+def _bench_start(args, what: str):
+    """Set the torch threads, print the bench's name and the machine it runs under (threads, cores, load,
+    other processes' CPU use); return the CPU snapshot that :func:`_bench_end` reports the load since."""
     import torch
 
-    from .bench.render import COUNTS, SIZES, bench_render, format_render_bench
+    from .bench.machine import cpu_snapshot, describe_machine
 
-    if args.threads:
+    if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
+    print(f"renderssl bench {what} on {args.device}", flush=True)
+    print(describe_machine(), flush=True)
+    return cpu_snapshot()
+
+
+def _bench_end(snapshot) -> None:
+    from .bench.machine import describe_load_since
+
+    print(describe_load_since(snapshot))
+
+
+def _bench_render(args) -> None:
+    from .bench.render import COUNTS, QUICK_DENSE_MAX_GIB, SIZES, bench_render, default_dense_budget, format_render_bench
+
+    if args.dense_max_gib is not None and not args.dense_max_gib > 0:
+        raise InputError(f"bench render: --dense-max-gib must be > 0, got {args.dense_max_gib}")
+    snapshot = _bench_start(args, "render")
     counts, sizes = (COUNTS[:3], SIZES[:2]) if args.quick else (COUNTS, SIZES)
     scenes = tuple(s for s in args.scenes.split(",") if s)
-    print(f"renderssl bench render on {args.device} ({torch.get_num_threads()} threads, torch {torch.__version__})")
-    result = bench_render(counts, sizes, scenes=scenes, dense_max_pairs=args.dense_max_pairs, device=args.device)
+    budget = None if args.dense_max_gib is None else args.dense_max_gib * 2**30
+    if budget is None and args.quick:
+        budget = min(QUICK_DENSE_MAX_GIB * 2**30, default_dense_budget(args.device))
+    result = bench_render(counts, sizes, scenes=scenes, dense_max_bytes=budget, device=args.device)
     print(format_render_bench(result))
+    _bench_end(snapshot)
 
 
 def _bench_step(args) -> None:
     from .bench.step import bench_step, format_step_bench
 
     cfg = _load_experiment(args.config, args.overrides)
+    snapshot = _bench_start(args, f"step {args.config}")
     print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
+    _bench_end(snapshot)
 
 
 def _bench_encoders(args) -> None:
-    import torch
-
     from .bench.encoders import COUNTS, bench_encoders, format_encoder_bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     counts = [int(c) for c in args.counts.split(",") if c] if args.counts else COUNTS
-    print(f"renderssl bench encoders on {args.device} ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    snapshot = _bench_start(args, "encoders")
     result = bench_encoders(counts, sparse_unet=args.sparse_unet, pointnet2=args.pointnet2, device=args.device)
     print(format_encoder_bench(result))
+    _bench_end(snapshot)
 
 
 SWEEP_MARKERS = ("base", "grid")  # top-level keys of a sweep file (sweep.SweepConfig) that no experiment config has
@@ -271,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     render = bench.add_parser("render", help="Gaussian rasterizer (dense vs tiles) and volume renderer speed")
     render.add_argument("--quick", action="store_true", help="small grid (1k-16k Gaussians, 64x64-128x128)")
     render.add_argument("--scenes", default="surface,cloud", help="comma-separated: surface, cloud")
-    render.add_argument("--dense-max-pairs", type=float, default=2.7e8, help="run dense only where N x pixels <= this")
+    render.add_argument("--dense-max-gib", type=float, default=None,
+                        help="memory budget of the dense reference in GiB: a configuration whose estimated peak "
+                             "(N x pixels x 72 B) exceeds it is skipped (default: half the memory available at start; with --quick at most 2 GiB)")
     render.add_argument("--device", default="cpu")
     render.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     render.set_defaults(handler=_bench_render)
@@ -280,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("overrides", nargs="*")
     step.add_argument("--device", default="cpu")
     step.add_argument("--repeats", type=int, default=10)
+    step.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     step.set_defaults(handler=_bench_step)
     enc = bench.add_parser("encoders", help="3D encoders: forward+backward time and peak memory vs point count")
     enc.add_argument("--counts", default="", help="comma-separated point counts (default 10k,20k,50k,100k,200k)")

@@ -12,6 +12,8 @@ versus point count, with fitted scaling exponents t ~ N^b and memory ~ N^b.
   CUDA): activations and temporaries. Parameters and the previous step's gradients (freed and
   reallocated within the step) are held at the start, so they do not count.
 - The SparseUNet voxelises at its ``grid_size`` (0.02 m by default); the voxel count is reported.
+- Exponents are fitted only over at least 3 distinct counts (:mod:`.scaling`); with fewer the table
+  says so instead of quoting a slope through two points.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..data.synthetic import SyntheticConfig, generate_scene
 from ..models.encoders.pointnet2 import PointNet2, PointNet2Config
 from ..models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
 from .memory import PeakMemory, synchronize, use_mmap_for_large_blocks
+from .scaling import MIN_DISTINCT, fit_power_law
 
 COUNTS = (10_000, 20_000, 50_000, 100_000, 200_000)
 SLOW_SECONDS = 2.0
@@ -85,13 +88,10 @@ def time_encoder(encoder: torch.nn.Module, points, features, device: torch.devic
     return min(times), peak.bytes
 
 
-def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
-    """Least-squares b of log y = a + b log x (None with fewer than two distinct x)."""
-    if len(set(xs)) < 2 or any(y is None or y <= 0 for y in ys):
-        return None
-    X = torch.tensor([[1.0, math.log(x)] for x in xs], dtype=torch.float64)
-    y = torch.tensor([math.log(v) for v in ys], dtype=torch.float64)
-    return float(torch.linalg.lstsq(X, y[:, None]).solution[1, 0])
+def fit_exponent(xs: list[float], ys: list[float | None]) -> float | None:
+    """Least-squares b of log y = a + b log x; None with fewer than 3 distinct x or a y not > 0."""
+    fit, _ = fit_power_law({"counts": xs}, ys)
+    return None if fit is None else fit["counts"]
 
 
 def bench_encoders(counts=COUNTS, sparse_unet: str = "base", pointnet2: str = "scene", device="cpu",
@@ -127,9 +127,13 @@ def format_timing(t: EncoderTiming) -> str:
 
 
 def format_encoder_bench(result: EncoderBench) -> str:
-    lines = ["Scaling exponents (least squares over all counts): time ~ N^b, memory ~ N^b"]
+    lines = [f"Scaling exponents (least squares over all counts, >= {MIN_DISTINCT} of them): time ~ N^b, memory ~ N^b"]
     for name in result.time_exponents:
         tb, mb = result.time_exponents[name], result.memory_exponents[name]
+        if tb is None:
+            counts = len({t.points for t in result.timings if t.encoder == name})
+            lines.append(f"  {name:18s} not fitted: too few counts ({counts}; need >= {MIN_DISTINCT})")
+            continue
         lines.append(f"  {name:18s} time b = {tb:.2f}" + (f", memory b = {mb:.2f}" if mb is not None else ""))
     names = list(result.time_exponents)
     if len(names) == 2:

@@ -11,17 +11,31 @@ Scenes (both B = 1 scene, V = 1 camera, 3 colour channels; loss = sum of colour 
   0.95), seen from 4.3 units away with f = 0.9 W; per-tile lists grow linearly with N and many pixels
   never saturate.
 
-Dense runs only where N x pixels <= ``dense_max_pairs`` (it holds several N x pixels tensors). Times are
-the best of up to 3 runs (1 if a run takes over a second), after one untimed warm-up run for runs under
-a second. Exponents are least-squares fits of log t = a + b log N + c log P over the grid points with
-N >= 4096 (below that fixed per-call costs dominate).
+Dense runs only where its estimated peak memory fits a budget: it holds several N x pixels float32
+tensors at once (alpha, transmittances, weights and their gradients); measured on CPU (resident-set
+peak, :class:`~.memory.PeakMemory`), its peak is 66 bytes per (Gaussian, pixel) pair from 512 to 4096
+Gaussians at 48x48 to 128x128 pixels (plus ~10 MB fixed, which matters only below ~1e6 pairs), so the
+estimate is N x pixels x views x ``DENSE_BYTES_PER_PAIR`` = 72 bytes (the measurement plus ~9%). The budget is
+``dense_max_bytes`` (``--dense-max-gib``), by default ``DENSE_BUDGET_FRACTION`` = 0.5 of the memory
+available when the bench starts (MemAvailable of /proc/meminfo on CPU, free memory of
+``torch.cuda.mem_get_info`` on CUDA): half, because the tiles runs, the scenes and other processes need
+the rest. A configuration above it is skipped before anything is allocated, with the reason logged and
+kept in ``RenderBench.skipped``. ``--quick`` caps the default budget at ``QUICK_DENSE_MAX_GIB`` = 2 GiB
+(dense at 4.5 GB took 25-45 s per configuration on a loaded 2-core machine; a quick run only checks
+that everything works). Times are the best of up to 3 runs (1 if a run takes over a second),
+after one untimed warm-up run for runs under a second. Exponents are least-squares fits of log t = a +
+b log N + c log P over the grid points with N >= 4096 (below that fixed per-call costs dominate), made
+only with at least 3 distinct N and 3 distinct image sizes among them (:mod:`.scaling`): otherwise the
+reason is printed instead of an exponent.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -29,10 +43,15 @@ from ..geometry import Cameras, intrinsics_matrix, look_at
 from ..render.splat import Gaussians, rasterize
 from ..render.surfels import surfel_gaussians
 from .memory import PeakMemory, synchronize, use_mmap_for_large_blocks
+from .scaling import fit_power_law
 
 COUNTS = (1024, 4096, 16384, 65536, 262144)
 SIZES = ((64, 64), (128, 128), (320, 240), (640, 480))
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
+DENSE_BYTES_PER_PAIR = 72  # peak bytes per (Gaussian, pixel) pair of the dense backend, see the module doc
+DENSE_BUDGET_FRACTION = 0.5
+QUICK_DENSE_MAX_GIB = 2.0  # --quick: the dense budget is at most this (a check that it works, not a figure)
+MIN_FIT_GAUSSIANS = 4096
 
 
 @dataclass
@@ -52,6 +71,9 @@ class RenderTiming:
 class RenderBench:
     timings: list[RenderTiming] = field(default_factory=list)
     exponents: dict = field(default_factory=dict)  # (scene, backend) -> (b_gaussians, c_pixels)
+    fit_notes: dict = field(default_factory=dict)  # (scene, backend) -> why no exponent was fitted
+    skipped: list = field(default_factory=list)  # lines naming the configurations not run and why
+    dense_budget_bytes: float = 0.0
     volume: dict = field(default_factory=dict)
 
 
@@ -121,15 +143,40 @@ def time_render(gauss: Gaussians, cams: Cameras, backend: str, device: torch.dev
     return min(times), peak.bytes, out
 
 
-def fit_exponents(timings: list[RenderTiming], min_gaussians: int = 4096) -> tuple[float, float] | None:
-    """Least-squares (b, c) of log t = a + b log N + c log P."""
+def fit_exponents(timings: list[RenderTiming], min_gaussians: int = MIN_FIT_GAUSSIANS) -> tuple[tuple[float, float] | None, str | None]:
+    """((b, c), None) of log t = a + b log N + c log P over the timings with N >= ``min_gaussians``, or
+    (None, reason) with fewer than 3 distinct N or 3 distinct image sizes among them."""
     pts = [t for t in timings if t.gaussians >= min_gaussians]
-    if len({t.gaussians for t in pts}) < 2 or len({t.width * t.height for t in pts}) < 2:
+    fit, reason = fit_power_law({f"Gaussian counts >= {min_gaussians}": [t.gaussians for t in pts],
+                                 "image sizes": [t.width * t.height for t in pts]}, [t.seconds for t in pts])
+    return (None, reason) if fit is None else (tuple(fit.values()), None)
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take now: CUDA free memory, or MemAvailable of /proc/meminfo."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         return None
-    X = torch.tensor([[1.0, math.log(t.gaussians), math.log(t.width * t.height)] for t in pts], dtype=torch.float64)
-    y = torch.tensor([math.log(t.seconds) for t in pts], dtype=torch.float64)
-    coef = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
-    return float(coef[1]), float(coef[2])
+
+
+def default_dense_budget(device: torch.device, fraction: float = DENSE_BUDGET_FRACTION) -> float:
+    """``fraction`` of the available memory; 4 GiB where it cannot be read."""
+    available = available_memory_bytes(torch.device(device))
+    return fraction * available if available is not None else 4 * 2**30
+
+
+def dense_peak_estimate(gaussians: int, width: int, height: int, views: int = 1) -> int:
+    """Estimated peak bytes of one dense forward + backward: N x pixels x views x DENSE_BYTES_PER_PAIR."""
+    return gaussians * width * height * views * DENSE_BYTES_PER_PAIR
 
 
 def bench_render(
@@ -137,14 +184,21 @@ def bench_render(
     sizes=SIZES,
     scenes=("surface", "cloud"),
     backends=("tiles", "dense"),
-    dense_max_pairs: float = 2.7e8,
+    dense_max_bytes: float | None = None,
     device: str = "cpu",
     volume: bool = True,
     log=print,
 ) -> RenderBench:
+    """Time every (scene, backend, N, size) of the grid; ``dense_max_bytes`` is the dense backend's
+    memory budget (None: half the available memory; see the module doc)."""
     device = torch.device(device)
     use_mmap_for_large_blocks()
     result = RenderBench()
+    budget = default_dense_budget(device) if dense_max_bytes is None else float(dense_max_bytes)
+    result.dense_budget_bytes = budget
+    if "dense" in backends:
+        log(f"dense reference: memory budget {budget / 2**30:.2f} GiB; estimated peak = N x pixels x "
+            f"{DENSE_BYTES_PER_PAIR} B")
     makers = {"cloud": cloud_scene}
     if "surface" in scenes:
         makers["surface"] = SurfaceScenes()
@@ -152,7 +206,11 @@ def bench_render(
         for backend in backends:
             for n in counts:
                 for w, h in sizes:
-                    if backend == "dense" and n * w * h > dense_max_pairs:
+                    if backend == "dense" and dense_peak_estimate(n, w, h) > budget:
+                        line = (f"{scene:8s} dense  N={n:7d} {w:4d}x{h:<4d} skipped: estimated peak "
+                                f"{dense_peak_estimate(n, w, h) / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB (--dense-max-gib)")
+                        result.skipped.append(line)
+                        log(line)
                         continue
                     gauss, cams = makers[scene](n, w, h)
                     secs, peak, out = time_render(gauss, cams, backend, device)
@@ -160,9 +218,11 @@ def bench_render(
                     result.timings.append(t)
                     log(format_timing(t))
             sel = [t for t in result.timings if t.scene == scene and t.backend == backend]
-            fit = fit_exponents(sel)
-            if fit:
+            fit, reason = fit_exponents(sel)
+            if fit is not None:
                 result.exponents[(scene, backend)] = fit
+            else:
+                result.fit_notes[(scene, backend)] = reason
     if volume:
         from .volume import bench_volume
 
@@ -172,9 +232,10 @@ def bench_render(
 
 def format_timing(t: RenderTiming) -> str:
     mem = "n/a" if t.peak_bytes is None else f"{t.peak_bytes / 2**20:8.1f} MiB"
+    estimate = f" (est. {dense_peak_estimate(t.gaussians, t.width, t.height) / 2**20:.0f})" if t.backend == "dense" else ""
     return (
         f"{t.scene:8s} {t.backend:6s} N={t.gaussians:7d} {t.width:4d}x{t.height:<4d} "
-        f"fwd+bwd {t.seconds * 1000:9.1f} ms  peak {mem}  max/tile {t.max_per_tile:6d}  overflow {t.overflow}"
+        f"fwd+bwd {t.seconds * 1000:9.1f} ms  peak {mem}{estimate}  max/tile {t.max_per_tile:6d}  overflow {t.overflow}"
     )
 
 
@@ -194,9 +255,13 @@ def speedups(result: RenderBench) -> list[str]:
 
 def format_render_bench(result: RenderBench) -> str:
     lines = ["Speed-up of tiles over dense (same scene, same run):"] + ["  " + s for s in speedups(result)]
-    lines.append("Scaling exponents, t ~ N^b P^c (N >= 4096):")
+    if result.skipped:
+        lines.append(f"Skipped (dense over its {result.dense_budget_bytes / 2**30:.2f} GiB memory budget): {len(result.skipped)} configurations")
+    lines.append(f"Scaling exponents, t ~ N^b P^c (N >= {MIN_FIT_GAUSSIANS}, >= 3 counts and >= 3 sizes):")
     for (scene, backend), (b, c) in result.exponents.items():
         lines.append(f"  {scene:8s} {backend:6s} b (Gaussians) = {b:.2f}   c (pixels) = {c:.2f}")
+    for (scene, backend), reason in result.fit_notes.items():
+        lines.append(f"  {scene:8s} {backend:6s} not fitted: {reason}")
     if result.volume:
         from .volume import format_volume_bench
 

@@ -1,0 +1,233 @@
+"""Benchmarks on a busy machine: rendering share from the same steps, dense memory budget, exponent fits
+only over >= 3 sizes, and the machine description every bench prints first."""
+
+import math
+import os
+import statistics
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from renderssl.bench.machine import CpuSnapshot, describe_load_since, describe_machine, cpu_snapshot, others_busy
+from renderssl.bench.machine import _ranges, parse_proc_stat, parse_self_stat
+from renderssl.bench.memory import PeakMemory, use_mmap_for_large_blocks
+from renderssl.bench.render import (RenderTiming, bench_render, cloud_scene, dense_peak_estimate, fit_exponents,
+                                    format_render_bench)
+from renderssl.bench.scaling import fit_power_law
+from renderssl.bench.step import RenderTimer, time_methods
+from renderssl.methods.base import MethodOutput
+from renderssl.render.splat import Gaussians, rasterize
+
+# ----------------------------------------------------------------------------- rendering share
+
+FWD, BWD, OUTSIDE = 0.03, 0.02, 0.05  # seconds slept by the fake renderer's forward / backward / the rest
+
+
+class _SleepyRender(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        time.sleep(FWD)
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(BWD)
+        return grad * 2.0
+
+
+class _FakeMethod(nn.Module):
+    """A method whose renderer sleeps FWD in forward and BWD in backward, and whose step sleeps OUTSIDE
+    elsewhere (before the renderer, in the forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 3)
+
+    def render(self, x):
+        return _SleepyRender.apply(x)
+
+    def forward(self, batch, ctx):
+        time.sleep(OUTSIDE)
+        h = self.head(batch["image"].mean(dim=(2, 3)))  # (B, 3)
+        return MethodOutput(self.render(h).square().mean())
+
+
+def test_render_share_comes_from_the_same_steps():
+    method = _FakeMethod()
+    [t] = time_methods({"fake": method}, torch.rand(2, 3, 8, 8), warmup=1, repeats=3)
+    assert len(t.step_seconds) == len(t.render_seconds) == 3
+    # the share is the median over the same steps of (rendering / step), and never above 100%
+    assert t.render_share == statistics.median(r / s for r, s in zip(t.render_seconds, t.step_seconds))
+    assert 0 < t.render_share <= 1
+    for r, s in zip(t.render_seconds, t.step_seconds):
+        assert FWD + BWD <= r <= s - OUTSIDE  # the renderer's sleeps are in, the rest of the step is out
+        assert s >= FWD + BWD + OUTSIDE
+    assert abs(t.render_share - (FWD + BWD) / (FWD + BWD + OUTSIDE)) < 0.15
+    assert "render" not in vars(method)  # the timer is removed after timing
+
+
+def test_timed_render_leaves_the_rendering_and_its_gradients_unchanged():
+    gauss, cams = cloud_scene(64, 16, 12)
+    timer = RenderTimer()
+
+    def run(render):
+        leaves = Gaussians(*(getattr(gauss, f).clone().requires_grad_(True) for f in ("means", "quats", "scales", "opacities", "colors")))
+        out = render(leaves, cams)
+        (out.color.square().sum() + out.depth.sum()).backward()
+        return out, leaves
+
+    def plain(g, c):
+        return rasterize(g, c, backend="tiles")
+
+    ref, ref_leaves = run(plain)
+    out, leaves = run(timer.wrap(plain))
+    torch.testing.assert_close(out.color, ref.color, rtol=0, atol=0)
+    for f in ("means", "quats", "scales", "opacities", "colors"):
+        torch.testing.assert_close(getattr(leaves, f).grad, getattr(ref_leaves, f).grad, rtol=0, atol=0)
+    assert len(timer.intervals) == 2  # forward and backward of the one call
+    assert 0 < timer.seconds() <= sum(e - s for s, e in timer.intervals) + 1e-12
+
+
+def test_render_timer_counts_overlapping_intervals_once():
+    timer = RenderTimer()
+    timer.intervals = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]
+    assert timer.seconds() == pytest.approx(4.0)
+
+
+# ----------------------------------------------------------------------------- dense memory budget
+
+
+def test_dense_budget_skips_above_and_runs_below():
+    budget = dense_peak_estimate(64, 8, 8)  # 8x8 fits exactly, 16x16 is 4x over
+    lines = []
+    result = bench_render(counts=(64,), sizes=((8, 8), (16, 16)), scenes=("cloud",), backends=("dense",),
+                          dense_max_bytes=budget, volume=False, log=lines.append)
+    assert [(t.width, t.height) for t in result.timings] == [(8, 8)]
+    assert len(result.skipped) == 1 and "16x16" in result.skipped[0] and "budget" in result.skipped[0]
+    assert result.skipped[0] in lines  # the reason is printed when it is skipped
+    assert "Skipped" in format_render_bench(result)
+
+
+def test_dense_peak_estimate_bounds_the_measured_peak():
+    use_mmap_for_large_blocks()
+    gauss, cams = cloud_scene(512, 64, 64)
+    leaves = Gaussians(*(getattr(gauss, f).requires_grad_(True) for f in ("means", "quats", "scales", "opacities", "colors")))
+    with PeakMemory("cpu") as peak:
+        out = rasterize(leaves, cams, backend="dense")
+        (out.color.sum() + out.depth.sum()).backward()
+    if peak.bytes is None:
+        pytest.skip("resident-set peak not measurable here")
+    estimate = dense_peak_estimate(512, 64, 64)
+    assert 0.5 * estimate <= peak.bytes <= estimate
+
+
+# ----------------------------------------------------------------------------- exponent fits
+
+
+def _timing(n, w, h, seconds):
+    return RenderTiming("cloud", "tiles", n, w, h, seconds, None, 0, 0)
+
+
+def test_exponent_fit_refuses_two_sizes_and_recovers_a_known_law():
+    a, b, c = 3e-9, 1.3, 0.8
+    counts = (4096, 16384, 65536)
+    law = lambda n, w, h: a * n**b * (w * h) ** c  # noqa: E731
+    two = [_timing(n, w, h, law(n, w, h)) for n in counts for w, h in ((64, 64), (128, 128))]
+    fit, reason = fit_exponents(two)
+    assert fit is None and "too few image sizes" in reason and "2 distinct" in reason
+    three = [_timing(n, w, h, law(n, w, h)) for n in counts for w, h in ((64, 64), (128, 128), (320, 240))]
+    (fb, fc), reason = fit_exponents(three)
+    assert reason is None and fb == pytest.approx(b, abs=1e-9) and fc == pytest.approx(c, abs=1e-9)
+    # below min_gaussians are not counted: 1024 does not make a third count
+    fit, reason = fit_exponents([_timing(n, w, h, law(n, w, h)) for n in (1024, 4096, 16384) for w, h in ((64, 64), (96, 96), (128, 128))])
+    assert fit is None and "Gaussian counts" in reason and "image sizes" not in reason
+    fit, reason = fit_exponents([_timing(n, 64, 64, law(n, 64, 64)) for n in (1024, 4096, 16384)])
+    assert "too few Gaussian counts" in reason and "too few image sizes (1 distinct value;" in reason
+
+
+def test_fit_power_law_with_noise_free_and_degenerate_data():
+    xs = [1e3, 2e3, 5e3, 1e4]
+    fit, _ = fit_power_law({"n": xs}, [7 * x**-0.25 for x in xs])
+    assert fit["n"] == pytest.approx(-0.25, abs=1e-9)
+    assert fit_power_law({"n": [1, 1, 2, 2]}, [1, 1, 2, 2])[0] is None
+    assert "not > 0" in fit_power_law({"n": [1, 2, 3]}, [1, None, 3])[1]
+    with pytest.raises(ValueError, match="n has 2 values for 3"):
+        fit_power_law({"n": [1, 2]}, [1, 2, 3])
+
+
+def test_render_bench_output_says_too_few_sizes():
+    result = bench_render(counts=(4096,), sizes=((16, 16), (24, 16)), scenes=("cloud",), backends=("tiles",), volume=False,
+                          log=lambda s: None)
+    text = format_render_bench(result)
+    assert "not fitted: too few" in text and "b (Gaussians) =" not in text
+
+
+# ----------------------------------------------------------------------------- machine description
+
+
+def test_describe_machine_names_threads_and_affinity():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        text = describe_machine(window=0.05)
+    finally:
+        torch.set_num_threads(before)
+    assert "1 torch thread " in text
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+    assert f"usable cores {len(cpus)} of {os.cpu_count()}" in text
+    assert "load average" in text and "other processes" in text
+    assert text.splitlines()[0].startswith("machine:")
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and _ranges([3]) == "3"
+    assert "during the bench" in describe_load_since(cpu_snapshot())
+
+
+def test_cpu_busy_fraction_of_other_processes():
+    stat0 = "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 100 0 50 800 10 0 0 0 0 0\ncpu1 200 5 0 700 0 1 0 0 0 0\ncpu2 9 9 9 9 9 9 9 9 0 0\n"
+    stat1 = "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 160 0 70 820 10 0 0 0 0 0\ncpu1 290 5 0 710 0 1 0 0 0 0\ncpu2 99 99 99 99 99 99 99 99 0 0\n"
+    # cpus 0 and 1 only: busy 150+206 = 356 -> 230+296 = 526 (+170); total 960+906 = 1866 -> 1060+1006 = 2066 (+200)
+    assert parse_proc_stat(stat0, [0, 1]) == (356, 1866) and parse_proc_stat(stat1, [0, 1]) == (526, 2066)
+    own = "123 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 40 30 0 0"  # utime 40, stime 30
+    assert parse_self_stat(own) == 70
+    shares = others_busy(CpuSnapshot(356, 1866, 70, 0.0), CpuSnapshot(526, 2066, 70 + 38, 1.0))
+    assert shares == pytest.approx(((170 - 38) / 200, 38 / 200))
+    assert others_busy(CpuSnapshot(1, 1, 0, 0.0), CpuSnapshot(1, 1, 0, 1.0)) is None
+    assert math.isclose(sum(shares), 170 / 200)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_bench_commands_print_the_machine_first_and_check_the_budget(monkeypatch, capsys):
+    import renderssl.bench.render as render_bench
+    from renderssl.cli import main
+
+    assert main(["bench", "render", "--dense-max-gib", "0"]) == 2
+    assert "--dense-max-gib must be > 0" in capsys.readouterr().err
+    seen = {}
+
+    def fake_bench_render(counts, sizes, scenes, dense_max_bytes, device):
+        seen["budget"] = dense_max_bytes
+        return render_bench.RenderBench()
+
+    monkeypatch.setattr(render_bench, "bench_render", fake_bench_render)
+    assert main(["bench", "render", "--quick", "--dense-max-gib", "0.5", "--threads", str(torch.get_num_threads())]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "renderssl bench render on cpu"
+    assert lines[1].startswith("machine: torch") and f"{torch.get_num_threads()} torch thread" in lines[1]
+    assert lines[2].startswith("machine: load average")
+    assert lines[-1].startswith("machine during the bench")
+    assert seen["budget"] == 0.5 * 2**30
+    assert main(["bench", "render", "--quick"]) == 0  # --quick caps the default budget at 2 GiB
+    assert 0 < seen["budget"] <= 2 * 2**30
+
+
+def test_encoder_bench_refuses_an_exponent_from_two_counts():
+    from renderssl.bench.encoders import EncoderBench, EncoderTiming, fit_exponent, format_encoder_bench
+
+    assert fit_exponent([1e3, 2e3], [1.0, 2.0]) is None
+    result = EncoderBench([EncoderTiming("pointnet2:small", n, 0.01 * n, None) for n in (400, 800)])
+    result.time_exponents["pointnet2:small"] = fit_exponent([400, 800], [4.0, 8.0])
+    result.memory_exponents["pointnet2:small"] = None
+    assert "pointnet2:small    not fitted: too few counts (2; need >= 3)" in format_encoder_bench(result)
