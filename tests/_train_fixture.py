@@ -40,6 +40,7 @@ class FixtureConfig:
     sleep: float = 0.0  # seconds per forward
     nan_at: list[int] = field(default_factory=list)  # forward calls (1-based) whose loss is NaN
     data_seed: int = 1234
+    workers: int = 0  # DataLoader worker processes
 
 
 class RegressionData(Dataset):
@@ -103,7 +104,7 @@ def build(out_dir, *items: str) -> Trainer:
     """A Trainer of the fixture recipe; the model is initialised from ``train.seed``."""
     train, optim, cfg = parse(out_dir, list(items))
     torch.manual_seed(train.seed)
-    return Trainer(RegressionMethod(cfg), RegressionData(cfg), train, optim)
+    return Trainer(RegressionMethod(cfg), RegressionData(cfg), train, optim, num_workers=cfg.workers)
 
 
 def main(argv: list[str]) -> int:

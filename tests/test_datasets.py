@@ -62,7 +62,7 @@ def test_rgbd_frames_from_loaders_and_dataloader(tmp_path):
         calls.append(path.name)
         return read_scannet(path)
 
-    ds = RGBDFrameDataset([functools.partial(load, tmp_path / n) for n in ("s0", "s1")], lengths=[3, 2], cache_size=1)
+    ds = RGBDFrameDataset([functools.partial(load, tmp_path / n) for n in ("s0", "s1")], lengths=[3, 2], cache_scenes=1)
     assert len(ds) == 5 and calls == []  # lengths given: nothing loaded yet
     batches = list(DataLoader(ds, batch_size=2, collate_fn=collate_stacked))
     assert [b["rgb"].shape[0] for b in batches] == [2, 2, 1] and batches[0]["semantic"].shape == (2, 4, 4)

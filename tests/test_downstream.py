@@ -102,12 +102,12 @@ def test_scene_class_is_the_majority_label_broadcast_to_frames():
     sem[:, :3] = 7  # 3 rows of class 7 per view
     sem[0, 3:5] = 4  # 2 rows of class 4 in one view: fewer overall
     scene = fake_scene("obj", views=3, semantic=sem)
-    assert int(scene_class(scene)) == 7
+    assert int(scene_class(scene.semantic, scene.name)) == 7
     other = fake_scene("b", views=2, semantic=torch.full((2, 8, 8), 2))
     images, labels = frames_from_scenes([scene, other], "classification")
     assert images.shape == (5, 3, 8, 8) and labels.tolist() == [7, 7, 7, 2, 2]
     with pytest.raises(InputError):
-        scene_class(fake_scene("empty", semantic=torch.full((2, 8, 8), -1)))
+        frames_from_scenes([fake_scene("empty", semantic=torch.full((2, 8, 8), -1))], "classification")
     with pytest.raises(InputError):
         frames_from_scenes([fake_scene("nolabels")], "segmentation")
 
@@ -167,7 +167,7 @@ def test_training_is_deterministic_and_leaves_the_global_rng_alone():
 
 
 def test_param_groups_apply_layer_decay_and_skip_decay_on_biases_and_tokens():
-    model = ds.build_model(tiny_vit(), [], torch.zeros(1), DownstreamConfig(task="depth"))
+    model = ds.build_model(tiny_vit(), ds.TaskFrames([fake_scene("a")], "depth"), DownstreamConfig(task="depth"))
     groups = param_groups(model, weight_decay=0.05, layer_decay=0.5)
     scale_of = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     enc = model.encoder

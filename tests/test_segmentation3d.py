@@ -12,7 +12,7 @@ import torch
 
 from renderssl import cli
 from renderssl.compare import CompareConfig, run_compare
-from renderssl.data.build import load_split
+from renderssl.data.build import open_split
 from renderssl.data.formats.ply import write_ply
 from renderssl.data.points import fuse_frames
 from renderssl.data.types import PointCloud
@@ -36,7 +36,7 @@ NUM_CLASSES = 11  # the synthetic rooms' class_names
 
 @pytest.fixture(scope="module")
 def splits():
-    return load_split(DATA, "train"), load_split(DATA, "test")
+    return open_split(DATA, "train"), open_split(DATA, "test")
 
 
 def cfg3d(**kw) -> DownstreamConfig:
@@ -201,7 +201,7 @@ NAMES = ["b_scan", "e_scan", "a_scan", "d_scan", "c_scan"]  # file names of synt
 def ply_folder(tmp_path_factory):
     """Five labelled clouds as PLY files whose name order is not their scene order, plus a stray file."""
     root = tmp_path_factory.mktemp("plys")
-    scenes = load_split(DataConfig(**{**dataclasses.asdict(DATA), "train_scenes": 5, "test_scenes": 0}), "train")
+    scenes = open_split(DataConfig(**{**dataclasses.asdict(DATA), "train_scenes": 5, "test_scenes": 0}), "train")
     clouds = []
     for scene, name in zip(scenes, NAMES):
         cloud = fuse_frames(scene)
@@ -222,7 +222,7 @@ def ply_data(root) -> DataConfig:
 def test_ply_folder_loads_clouds_in_name_order_with_labels_intact(ply_folder):
     root, ordered = ply_folder
     data = ply_data(root)
-    loaded = load_split(data, "train") + load_split(data, "test")
+    loaded = open_split(data, "train") + open_split(data, "test")
     assert [c.name for c in loaded] == ["a_scan", "b_scan", "c_scan", "d_scan", "e_scan"]
     for got, want in zip(loaded, ordered):
         assert isinstance(got, PointCloud)

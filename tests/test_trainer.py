@@ -1,6 +1,7 @@
 """Training engine: lr schedule, parameter groups, resumable sampler, atomic checkpoints, exact resume
 after SIGKILL, 2-process DDP parity, non-finite loss skipping, logs and previews."""
 
+import dataclasses
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ import _train_fixture as fx
 from renderssl.errors import InputError
 from renderssl.train import (
     NonFiniteLossError,
+    Trainer,
     OptimConfig,
     ResumableDistributedSampler,
     build_optimizer,
@@ -246,9 +248,11 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 RUN = ["steps=16", "ckpt_every=4", "log_every=1", "batch_size=4", "noise=0.1", "preview_every=8"]
 
 
-def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_path, workers):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, FIXTURE, str(killed), *RUN, "sleep=0.15"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = [*RUN, f"workers={workers}"]  # workers prefetch ahead of training: the position must still be exact
+    proc = subprocess.Popen([sys.executable, FIXTURE, str(killed), *run, "sleep=0.15"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target, deadline = killed / "checkpoints" / "step_000008.pt", time.monotonic() + 60
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -259,7 +263,7 @@ def test_run_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_pat
     saved = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
     assert 8 <= saved < 16  # interrupted mid-run, resumed mid-epoch (12 batches per epoch)
 
-    summary = fx.build(killed, *RUN).fit(resume=True)
+    summary = fx.build(killed, *run).fit(resume=True)
     fx.build(tmp_path / "straight", *RUN).fit()
 
     assert summary.steps_done == 16 and summary.skipped_nonfinite == 0
@@ -327,7 +331,7 @@ def test_run_writes_config_metrics_tensorboard_previews_and_checkpoints(tmp_path
     assert summary.metrics == out / "metrics.jsonl"
     records = read_metrics(summary.metrics)
     assert [r["step"] for r in records] == [2, 4, 6]
-    keys = {"step", "epoch", "loss", "mse", "mean_abs", "lr", "sec_per_step", "samples_per_s", "skipped_nonfinite"}
+    keys = {"step", "epoch", "loss", "mse", "mean_abs", "lr", "sec_per_step", "samples_per_s", "skipped_nonfinite", "skipped_reads"}
     assert all(set(r) == keys for r in records) and records[-1]["loss"] == summary.last_loss
     assert all(r["sec_per_step"] > 0 and r["samples_per_s"] > 0 for r in records)
     assert sorted(p.name for p in (out / "previews").iterdir()) == ["step_000003.png", "step_000006.png"]
@@ -370,3 +374,49 @@ def test_bad_runs_fail_with_messages_naming_the_problem(tmp_path):
         fx.build(tmp_path / "other", "steps=4", "batch_size=4", "hidden=8").fit(resume=True)
     with pytest.raises(Exception, match="fixture argument"):
         fx.build(tmp_path / "x", "stepz=2")
+
+
+# ---- accumulation, validation, unreadable samples ------------------------------------------------
+
+
+def test_two_accumulated_micro_batches_give_the_gradients_of_one_double_batch(tmp_path):
+    """A step of 2 x 4 samples (accumulate=2) sees perm[0:8] as the single batch of 8 does."""
+    common = ["steps=1", "ckpt_every=100", "log_every=1", "preview_every=100"]
+    accumulated = fx.build(tmp_path / "acc", *common, "batch_size=4", "accumulate=2")
+    double = fx.build(tmp_path / "one", *common, "batch_size=8")
+    a, b = accumulated.fit(), double.fit()
+    grads_a = {n: p.grad for n, p in accumulated.method.named_parameters()}
+    grads_b = {n: p.grad for n, p in double.method.named_parameters()}
+    assert all(g is not None and float(g.abs().max()) > 1e-4 for g in grads_b.values())  # not vacuous
+    for name in grads_b:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=0)
+    assert a.last_loss == pytest.approx(b.last_loss, rel=1e-6)  # the step's loss is the mean over micro-batches
+
+
+class HeldOut(torch.utils.data.Dataset):
+    def __init__(self, cfg):
+        self.data = fx.RegressionData(dataclasses.replace(cfg, data_seed=cfg.data_seed + 1, samples=12))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
+def test_validation_logs_the_methods_metrics_on_held_out_batches(tmp_path):
+    train, optim, cfg = fx.parse(tmp_path, ["steps=6", "log_every=3", "val_every=3", "val_batches=2", "batch_size=4"])
+    torch.manual_seed(0)
+    method, held_out = fx.RegressionMethod(cfg), HeldOut(cfg)
+    Trainer(method, fx.RegressionData(cfg), train, optim, validation=(held_out, None)).fit()
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in records] == [3, 6]
+    # the final model's validation loss, recomputed by hand on the first two held-out batches of 4
+    with torch.no_grad():
+        method.eval()
+        expected = []
+        for start in (0, 4):
+            batch = {k: torch.stack([held_out[i][k] for i in range(start, start + 4)]) for k in ("x", "y")}
+            expected.append(float(method(batch).loss))
+    assert records[-1]["val_loss"] == pytest.approx(sum(expected) / 2, rel=1e-6)
+    assert records[-1]["val_mse"] == pytest.approx(records[-1]["val_loss"])

@@ -101,13 +101,12 @@ def _load_experiment(name, overrides: list[str]):
     """``load_experiment(name, overrides)``; a sweep file is refused with a pointer to ``renderssl sweep``,
     and a config error names the override (``override KEY=VALUE: ...``) or the file that causes it."""
     from .experiment import load_experiment, resolve_config_path
-    from .typed_config import build_with_overrides
 
     path = resolve_config_path(name)
     if path.is_file() and _is_sweep_file(path):
         raise InputError(f"{name} is a sweep file (a grid of pretraining runs), not a preset: run it with "
                          f"`renderssl sweep {name}`")
-    return build_with_overrides(lambda items: load_experiment(name, items), overrides, path)
+    return load_experiment(name, overrides)
 
 
 def _presets_epilog() -> str:
@@ -134,12 +133,9 @@ def _pretrain(args) -> None:
 def _config(args) -> None:
     import yaml
 
-    from . import experiment
-    from .typed_config import to_dict
+    from .experiment import config_dict
 
-    cfg = _load_experiment(args.config, args.overrides)
-    plain = experiment.config_dict(cfg) if hasattr(experiment, "config_dict") else to_dict(cfg)
-    print(yaml.safe_dump(plain, sort_keys=False), end="")
+    print(yaml.safe_dump(config_dict(_load_experiment(args.config, args.overrides)), sort_keys=False), end="")
 
 
 def _finetune(args) -> None:

@@ -20,30 +20,38 @@ import torch
 import torch.nn.functional as F
 
 from .data.build import load_split
+from .data.scenes import SceneList
 from .errors import InputError
 from .eval.boundaries import evaluate_boundaries, read_bsds_ground_truth, segmentation_boundaries
 from .eval.metrics import psnr, ssim
 from .eval.zeroshot import figure_ground, layer_assignment, render_layers, zero_shot_edges
 from .experiment import ExperimentConfig, load_run
-from .methods.base import Method
+from .methods.base import Method, StepContext
 from .viz import colorize_labels, save_grid
 
 RECONSTRUCTION_KEY = {"mae": "reconstruction + visible", "gmae": "rendering"}
 
 
 def split_frames(cfg: ExperimentConfig, split: str, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, H, W) images and (N, H, W) instance maps of the first ``max_frames`` frames of a split."""
-    scenes = load_split(cfg.data, split)
-    images = torch.cat([s.rgb for s in scenes])[:max_frames]
-    instance = torch.cat([s.instance if s.instance is not None else torch.full(s.rgb.shape[:1] + s.rgb.shape[2:], -1) for s in scenes])
-    return images, instance[:max_frames]
+    """(N, 3, H, W) images and (N, H, W) instance maps (-1 where a scene has none) of the first
+    ``max_frames`` frames of a split, read scene by scene (no more is decoded)."""
+    scenes = SceneList(load_split(cfg.data, split), cache_scenes=1, cache_mb=0)
+    images, instance = [], []
+    for i in range(len(scenes)):
+        for f in range(min(len(scenes[i]), max_frames - len(images))):
+            frame = scenes.frame(i, f)
+            images.append(frame["rgb"])  # (3, H, W)
+            instance.append(frame.get("instance", torch.full(frame["rgb"].shape[1:], -1, dtype=torch.int64)))  # (H, W)
+        if len(images) == max_frames:
+            break
+    return torch.stack(images), torch.stack(instance)
 
 
 @torch.no_grad()
 def reconstruction_scores(cfg: ExperimentConfig, method: Method, images: torch.Tensor, batch: int = 16) -> dict:
     key = RECONSTRUCTION_KEY[cfg.method]
     recon = torch.cat([
-        method({"image": images[i:i + batch]}, torch.Generator().manual_seed(i)).renders[key] for i in range(0, len(images), batch)
+        method({"image": images[i:i + batch]}, StepContext(torch.Generator().manual_seed(i))).renders[key] for i in range(0, len(images), batch)
     ])
     return {"psnr": float(psnr(recon, images).mean()), "ssim": float(ssim(recon, images).mean()), "frames": len(images),
             "examples": recon[:4]}

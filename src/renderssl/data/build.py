@@ -1,22 +1,36 @@
-"""Scene splits for pretraining and downstream tasks.
+"""Scene splits for pretraining and downstream tasks, listed lazily, and the Datasets that read them.
 
 Scenes, not frames, are split: train, val and test are disjoint sets of scenes, so no test scene is seen
 in pretraining or fine-tuning. Synthetic scene i of a split has seed ``data.seed + offset + i`` with
 offsets 0 (train), train_scenes (val) and train_scenes + val_scenes (test). A folder source lists its
 scenes in name order and takes them in the same order: train, then val, then test. A scene is a
-sub-folder in a format the readers detect (a :class:`ViewSet`) or, in a folder of ``.ply`` files, one
-file (a :class:`PointCloud`, named after the file; for the point tasks).
+sub-folder in a format the readers detect or, in a folder of ``.ply`` files, one file (a
+:class:`PointCloud`, named after the file; for the point tasks).
+
+The ``pretrain`` split is the unlabelled pretraining pool, as the papers pretrain on far more scenes
+than they fine-tune on (ImageNet, all of ScanNet):
+
+- synthetic: ``data.pretrain_scenes`` scenes: the train split's scenes first, then fresh seeds after
+  the test split (``seed + train + val + test + j``), so the pool never holds a val or test scene;
+  None = the train split;
+- folder: every scene of ``data.pretrain_source`` when it is given (a scene folder that is also one of
+  the source's val or test scenes is refused), else the train split.
+
+Listing is cheap (:class:`~renderssl.data.scenes.SceneRef`: seeds, folder names, frame counts from
+directory listings); scenes are opened and frames decoded when a Dataset reads them.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ..errors import InputError
 from ..train.config import DataConfig
-from .types import PointCloud, ViewSet
+from .scenes import SceneRef, folder_ref, open_scene, synthetic_refs
 
 SPLITS = ("train", "val", "test")
+POOL = "pretrain"
 
 
 def split_range(cfg: DataConfig, split: str) -> range:
@@ -26,6 +40,13 @@ def split_range(cfg: DataConfig, split: str) -> range:
     sizes = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}
     start = {"train": 0, "val": cfg.train_scenes, "test": cfg.train_scenes + cfg.val_scenes}[split]
     return range(start, start + sizes[split])
+
+
+def pool_indices(cfg: DataConfig) -> list[int]:
+    """Scene indices (synthetic: seed offsets) of the pretraining pool (see the module docstring)."""
+    n = cfg.pretrain_scenes if cfg.pretrain_scenes is not None else cfg.train_scenes
+    labelled = cfg.train_scenes + cfg.val_scenes + cfg.test_scenes
+    return list(range(min(n, cfg.train_scenes))) + list(range(labelled, labelled + max(0, n - cfg.train_scenes)))
 
 
 def scene_folders(source) -> list[Path]:
@@ -40,24 +61,61 @@ def scene_folders(source) -> list[Path]:
     return folders
 
 
-def load_split(cfg: DataConfig, split: str) -> list[ViewSet] | list[PointCloud]:
-    """The scenes of ``split``: ViewSets, or PointClouds for a folder of PLY files."""
-    indices = split_range(cfg, split)
+def load_split(cfg: DataConfig, split: str) -> list[SceneRef]:
+    """The scenes of ``split`` (train, val, test or pretrain) as references, opened when read."""
     if cfg.source == "synthetic":
-        from .synthetic import SyntheticConfig, generate_scene
+        from .synthetic import SyntheticConfig
 
         synth = SyntheticConfig(kind=cfg.kind, num_views=cfg.views, width=cfg.width, height=cfg.height)
-        return [generate_scene(cfg.seed + i, synth) for i in indices]
-    from .formats import read_viewset
-
+        indices = pool_indices(cfg) if split == POOL else split_range(cfg, split)
+        return synthetic_refs([cfg.seed + i for i in indices], synth)
+    if split == POOL and cfg.pretrain_source is not None:
+        return pool_folder_refs(cfg)
+    indices = split_range(cfg, "train" if split == POOL else split)
     folders = scene_folders(cfg.source)
     if indices.stop > len(folders):
         raise InputError(
             f"data.source: {cfg.source} has {len(folders)} scenes; the splits need {indices.stop} "
             f"(train {cfg.train_scenes} + val {cfg.val_scenes} + test {cfg.test_scenes})"
         )
-    if folders[0].is_file():
+    return [scene_ref(folders[i], cfg.every_k) for i in indices]
+
+
+def open_split(cfg: DataConfig, split: str) -> list:
+    """The scenes of ``split`` wholly in memory (ViewSets or PointClouds): for small splits and tests."""
+    return [open_scene(ref) for ref in load_split(cfg, split)]
+
+
+def scene_ref(path: Path, every_k: int) -> SceneRef:
+    if path.is_file():
         from .formats.ply import read_ply
 
-        return [read_ply(folders[i]) for i in indices]
-    return [read_viewset(folders[i], every_k=cfg.every_k) for i in indices]
+        return SceneRef(path.stem, 0, partial(read_ply, path), points=True)
+    return folder_ref(path, every_k)
+
+
+def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:
+    """Every scene of ``data.pretrain_source``, none of them a val or test scene of ``data.source``."""
+    folders = scene_folders(cfg.pretrain_source)
+    if cfg.source != "synthetic" and Path(cfg.source).is_dir():
+        labelled = scene_folders(cfg.source)
+        held_out = {labelled[i].resolve() for s in ("val", "test") for i in split_range(cfg, s) if i < len(labelled)}
+        clash = [str(f) for f in folders if f.resolve() in held_out]
+        if clash:
+            raise InputError(f"data.pretrain_source: {clash[0]} is a val or test scene of data.source; "
+                             "pretraining must not see held-out scenes")
+    return [scene_ref(f, cfg.every_k) for f in folders]
+
+
+def sample_dataset(sample_type: str, cfg: DataConfig, split: str):
+    """(Dataset, collate_fn) of ``split`` in ``sample_type`` samples at the configured size."""
+    from .datasets import ImageDataset, RGBDFrameDataset, collate_stacked
+
+    scenes = load_split(cfg, split)
+    # each DataLoader worker holds its own caches: the budget is shared among them
+    size, caches = (cfg.height, cfg.width), {"cache_scenes": cfg.cache_scenes, "cache_mb": cfg.cache_mb / max(1, cfg.workers)}
+    if sample_type == "rgbd":
+        return RGBDFrameDataset(scenes, size=size, **caches), collate_stacked
+    if sample_type == "image":
+        return ImageDataset(scenes, size=size, **caches), None
+    raise InputError(f"no Dataset for sample type {sample_type!r} yet (known: image, rgbd)")

@@ -1,10 +1,12 @@
 """Torch Datasets over in-memory scenes, each yielding one sample type (a dict of tensors).
 
-Sources: every Dataset takes a list whose items are either the objects themselves (``ViewSet`` /
-``PointCloud``) or zero-argument loader callables returning one (e.g.
-``functools.partial(read_scannet, path)``). Loaders are resolved on demand and the last
-``cache_size`` results are kept (per DataLoader worker). Datasets indexed by frame need each scene's
-length up front: pass ``lengths`` to avoid loading every scene once at construction.
+Sources: every Dataset takes a list whose items are the objects themselves (``ViewSet`` /
+``PointCloud``), :class:`~renderssl.data.scenes.SceneRef` (a scene opened when read, its frames
+decoded when used) or zero-argument loader callables (e.g. ``functools.partial(read_scannet, path)``).
+They are resolved on demand by a :class:`~renderssl.data.scenes.SceneList`, which keeps at most
+``cache_scenes`` opened scenes and ``cache_mb`` MB of decoded frames (per DataLoader worker). Datasets
+indexed by frame need each scene's length up front: SceneRefs carry it; for loader callables pass
+``lengths`` to avoid loading every scene once at construction.
 
 Sample types (shapes per sample; ``collate_*`` adds a leading batch dim B):
 
@@ -28,7 +30,6 @@ Batches of label maps where only some samples carry labels are filled with -1 (i
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,52 +40,13 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from .formats.image_folder import ImageFolder, read_image_folder
 from .formats.images import resize_rgb
+from .scenes import SceneList, has_depth
 from .types import PointCloud, ViewSet
 
 LABEL_KEYS = ("semantic", "instance", "label")
 
 
-# ---- sources --------------------------------------------------------------------------------------
-class SceneList:
-    """A list of objects or loader callables; ``scenes[i]`` resolves and caches (LRU) the i-th."""
-
-    def __init__(self, items: Sequence, kind: type, cache_size: int = 2):
-        if isinstance(items, (ViewSet, PointCloud)) or callable(items):
-            items = [items]
-        self.items, self.kind, self.cache_size = list(items), kind, max(1, int(cache_size))
-        if not self.items:
-            raise InputError(f"{kind.__name__} source list is empty")
-        for i, item in enumerate(self.items):
-            if not isinstance(item, kind) and not callable(item):
-                raise InputError(f"source {i}: expected a {kind.__name__} or a loader callable, got {type(item).__name__}")
-        self._cache: OrderedDict[int, object] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        if isinstance(item, self.kind):
-            return item
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        obj = item()
-        if not isinstance(obj, self.kind):
-            raise InputError(f"source {i}: loader returned {type(obj).__name__}, expected {self.kind.__name__}")
-        self._cache[i] = obj
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return obj
-
-    def lengths(self, given: Sequence[int] | None = None) -> list[int]:
-        if given is not None:
-            if len(given) != len(self):
-                raise InputError(f"lengths has {len(given)} entries for {len(self)} sources")
-            return [int(n) for n in given]
-        return [len(self[i]) for i in range(len(self))]
-
-
+# ---- sources ----------------------------------------------------------------------------------
 class FrameIndex:
     """Flat index over (scene, frame) pairs."""
 
@@ -107,13 +69,13 @@ def sample_generator(seed: int, epoch: int, idx: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def depth_or_zeros(vs: ViewSet, idx, require: bool, where: str) -> Tensor:
-    """(..., 1, H, W) depth of views ``idx``; zeros (all invalid) when the scene has none and not required."""
-    if vs.depth is not None:
-        return vs.depth[idx]
+def frame_depth(frame: dict, scene, require: bool, where: str) -> Tensor:
+    """(1, H, W) depth of a frame; zeros (all invalid) when the scene has none and depth is not required."""
+    if "depth" in frame:
+        return frame["depth"]
     if require:
-        raise InputError(f"{where}: scene {vs.name!r} has no depth (require_depth=True)")
-    return torch.zeros_like(vs.rgb[idx][..., :1, :, :])
+        raise InputError(f"{where}: scene {scene.name!r} has no depth (require_depth=True)")
+    return torch.zeros_like(frame["rgb"][:1])
 
 
 # ---- images ---------------------------------------------------------------------------------------
@@ -123,7 +85,7 @@ class ImageDataset(Dataset):
     (antialiased bilinear) so batches stack; without it images of different sizes cannot be batched."""
 
     def __init__(self, source, labels: Sequence[int] | None = None, size: tuple[int, int] | None = None,
-                 lengths: Sequence[int] | None = None, cache_size: int = 2):
+                 lengths: Sequence[int] | None = None, cache_scenes: int = 8, cache_mb: float = 512.0):
         self.size = tuple(size) if size is not None else None
         if isinstance(source, (str, Path)):
             source = read_image_folder(source)
@@ -133,7 +95,7 @@ class ImageDataset(Dataset):
                 raise InputError("ImageDataset: labels come from the folder names; do not pass labels")
             self.labels = None
         else:
-            self.folder, self.scenes, self.class_names = None, SceneList(source, ViewSet, cache_size), []
+            self.folder, self.scenes, self.class_names = None, SceneList(source, ViewSet, cache_scenes, cache_mb), []
             if labels is not None and len(labels) != len(self.scenes):
                 raise InputError(f"ImageDataset: {len(labels)} labels for {len(self.scenes)} scenes")
             self.labels = None if labels is None else [int(x) for x in labels]
@@ -147,7 +109,7 @@ class ImageDataset(Dataset):
             image, label = self.folder[idx]  # (3, H, W), int
         else:
             scene, frame = self.index.locate(idx)
-            image = self.scenes[scene].rgb[frame]  # (3, H, W)
+            image = self.scenes.frame(scene, frame)["rgb"]  # (3, H, W)
             label = None if self.labels is None else self.labels[scene]
         if self.size is not None:
             image = resize_rgb(image, self.size[1], self.size[0])  # (3, h, w)
@@ -161,9 +123,9 @@ class ImageDataset(Dataset):
 class RGBDFrameDataset(Dataset):
     """Every frame of every scene as one RGB-D sample (keys in the module docstring)."""
 
-    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_size: int = 2,
-                 size: tuple[int, int] | None = None):
-        self.scenes = SceneList(scenes, ViewSet, cache_size)
+    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_scenes: int = 8,
+                 size: tuple[int, int] | None = None, cache_mb: float = 512.0):
+        self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.require_depth = require_depth
         self.size = tuple(size) if size is not None else None  # (H, W): resample every frame, K follows
         self.index = FrameIndex(self.scenes.lengths(lengths))
@@ -173,14 +135,14 @@ class RGBDFrameDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         scene, frame = self.index.locate(idx)
-        vs = self.scenes[scene]
-        sample = self._frame(vs, scene, frame)
+        sample = self._frame(scene, frame)
         return sample if self.size is None else resize_frame(sample, *self.size)
 
-    def _frame(self, vs: ViewSet, scene: int, frame: int) -> dict:
+    def _frame(self, scene: int, frame: int) -> dict:
+        vs, data = self.scenes[scene], self.scenes.frame(scene, frame)
         sample = {
-            "rgb": vs.rgb[frame].float(),  # (3, H, W)
-            "depth": depth_or_zeros(vs, frame, self.require_depth, "RGBDFrameDataset").float(),  # (1, H, W)
+            "rgb": data["rgb"],  # (3, H, W)
+            "depth": frame_depth(data, vs, self.require_depth, "RGBDFrameDataset"),  # (1, H, W)
             "K": vs.K[frame].float(),  # (3, 3)
             "c2w": vs.c2w[frame].float(),  # (4, 4)
             "scene": vs.name,
@@ -189,8 +151,8 @@ class RGBDFrameDataset(Dataset):
             "frame_index": torch.tensor(frame, dtype=torch.int64),
         }
         for key in ("semantic", "instance"):
-            if getattr(vs, key) is not None:
-                sample[key] = getattr(vs, key)[frame].long()  # (H, W)
+            if key in data:
+                sample[key] = data[key]  # (H, W)
         return sample
 
 
@@ -248,10 +210,10 @@ class MultiViewDataset(Dataset):
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
-                 pool: int | None = None, require_depth: bool = False, cache_size: int = 2):
+                 pool: int | None = None, require_depth: bool = False, cache_scenes: int = 8, cache_mb: float = 512.0):
         if num_views < 1 or samples_per_scene < 1:
             raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1, got {num_views}, {samples_per_scene}")
-        self.scenes = SceneList(scenes, ViewSet, cache_size)
+        self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.num_views, self.samples_per_scene, self.seed, self.pool = num_views, samples_per_scene, seed, pool
         self.require_depth, self.epoch = require_depth, 0
 
@@ -269,9 +231,10 @@ class MultiViewDataset(Dataset):
         if len(vs) < self.num_views:
             raise InputError(f"MultiViewDataset: scene {vs.name!r} has {len(vs)} views, fewer than num_views={self.num_views}")
         ids = select_overlapping_views(vs.c2w, self.num_views, sample_generator(self.seed, self.epoch, idx), self.pool)  # (V,)
+        frames = [self.scenes.frame(scene, int(i)) for i in ids]
         sample = {
-            "rgb": vs.rgb[ids].float(),  # (V, 3, H, W)
-            "depth": depth_or_zeros(vs, ids, self.require_depth, "MultiViewDataset").float(),  # (V, 1, H, W)
+            "rgb": torch.stack([f["rgb"] for f in frames]),  # (V, 3, H, W)
+            "depth": torch.stack([frame_depth(f, vs, self.require_depth, "MultiViewDataset") for f in frames]),  # (V, 1, H, W)
             "K": vs.K[ids].float(),  # (V, 3, 3)
             "c2w": vs.c2w[ids].float(),  # (V, 4, 4)
             "view_ids": ids.long(),  # (V,)
@@ -279,8 +242,8 @@ class MultiViewDataset(Dataset):
             "scene_index": torch.tensor(scene, dtype=torch.int64),
         }
         for key in ("semantic", "instance"):
-            if getattr(vs, key) is not None:
-                sample[key] = getattr(vs, key)[ids].long()  # (V, H, W)
+            if all(key in f for f in frames):
+                sample[key] = torch.stack([f[key] for f in frames])  # (V, H, W)
         return sample
 
 
@@ -291,8 +254,8 @@ class PointCloudDataset(Dataset):
     ``transform``: optional callable sample dict -> sample dict (e.g. augmentation with its own seeded
     generator)."""
 
-    def __init__(self, clouds, transform: Callable[[dict], dict] | None = None, cache_size: int = 2):
-        self.clouds = SceneList(clouds, PointCloud, cache_size)
+    def __init__(self, clouds, transform: Callable[[dict], dict] | None = None, cache_scenes: int = 8):
+        self.clouds = SceneList(clouds, PointCloud, cache_scenes)
         self.transform = transform
 
     def __len__(self) -> int:

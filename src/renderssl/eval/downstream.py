@@ -3,7 +3,7 @@ scenes, and compare it with the same encoder trained from scratch on the same la
 
 Design choices
 --------------
-Tasks and labels (``frames_from_scenes``)
+Tasks and labels (:class:`TaskFrames`)
   * ``segmentation``: per-pixel semantic ids (V, H, W), -1 ignored; cross-entropy over labelled pixels.
   * ``depth``: z-depth (V, 1, H, W) in metres, 0 = invalid; L1 between predicted and true log depth over
     valid pixels (scale-relative, matches :class:`~renderssl.eval.heads.DepthHead`'s log output).
@@ -16,6 +16,12 @@ Tasks and labels (``frames_from_scenes``)
   * ``segmentation3d``: per-point semantic ids of scene point clouds; see :mod:`.segmentation3d`
     (configured by ``DownstreamConfig.points``). It shares splits, label fractions, optimiser,
     schedule and scratch comparison with the image tasks.
+Streaming
+  Frames are read through :class:`TaskFrames` (a :class:`~renderssl.data.scenes.SceneList` over the
+  split's scene references, so scenes are opened and frames decoded when a batch needs them, within
+  the list's cache budgets) and batched by a DataLoader (``workers`` processes); nothing holds a split
+  in memory. The head's set-up (class count without class names, the depth head's starting depth)
+  takes one streamed pass over the training targets.
 Modes
   * ``linear``: the encoder is frozen (``requires_grad_(False)``, kept in eval mode even when the model
     is put in train mode, features computed under ``no_grad``); only the head trains. For
@@ -74,9 +80,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torch.utils.data import DataLoader, Dataset
+
 from ..data.build import load_split
+from ..data.datasets import FrameIndex
 from ..data.points import PointAugmentConfig
-from ..data.types import ViewSet
+from ..data.scenes import SceneList
+from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..methods.base import ParamGroup
 from ..train.config import DataConfig, OptimConfig
@@ -138,6 +148,7 @@ class DownstreamConfig:
     hflip: bool = True  # random horizontal flips of training frames
     head_channels: int = HEAD_CHANNELS  # width of the dense heads' trunk
     num_classes: int | None = None  # None = len(class_names) of the training scenes
+    workers: int = 0  # DataLoader worker processes decoding frames
     points: PointTaskConfig = field(default_factory=PointTaskConfig)  # point tasks only
 
     def __post_init__(self):
@@ -176,45 +187,74 @@ class DownstreamConfig:
 # ==================================================================================================
 # Data: frames, labels, label fractions, splits
 # ==================================================================================================
-def frames_from_scenes(viewsets: list[ViewSet], task: str) -> tuple[Tensor, Tensor]:
-    """All frames of ``viewsets`` with the task's targets.
+class TaskFrames(Dataset):
+    """Every frame of ``scenes`` (ViewSets or lazily opened SceneRefs) with the task's target, decoded
+    when read: image (3, H, W) float32 and segmentation (H, W) int64 (-1 = ignore) | depth (1, H, W)
+    metres (0 = invalid) | classification () int64, the scene's class (:func:`scene_class`)."""
 
-    Returns images (N, 3, H, W) and targets: segmentation (N, H, W) int64 (-1 = ignore); depth
-    (N, 1, H, W) metres (0 = invalid); classification (N,) int64, one label per scene.
-    """
-    if task not in IMAGE_TASKS:
-        raise InputError(f"frames_from_scenes: {task!r} is not an image task; expected one of {IMAGE_TASKS}")
-    if not viewsets:
-        raise InputError("frames_from_scenes: no scenes given")
-    clouds = [v.name for v in viewsets if not isinstance(v, ViewSet)]
-    if clouds:
-        raise InputError(f"frames_from_scenes: task {task!r} needs posed images; scenes {clouds[:3]} are point clouds")
-    sizes = {(v.height, v.width) for v in viewsets}
-    if len(sizes) > 1:
-        raise InputError(f"frames_from_scenes: scenes have different image sizes {sorted(sizes)}; resize them first")
-    images = torch.cat([v.rgb for v in viewsets]).float()  # (N, 3, H, W)
-    targets = torch.cat([scene_targets(v, task) for v in viewsets])
-    return images, targets
+    def __init__(self, scenes: list, task: str, cache_scenes: int = 8, cache_mb: float = 512.0):
+        if task not in IMAGE_TASKS:
+            raise InputError(f"TaskFrames: {task!r} is not an image task; expected one of {IMAGE_TASKS}")
+        if not scenes:
+            raise InputError("TaskFrames: no scenes given")
+        clouds = [s.name for s in scenes if isinstance(s, PointCloud) or getattr(s, "points", False)]
+        if clouds:
+            raise InputError(f"TaskFrames: task {task!r} needs posed images; scenes {clouds[:3]} are point clouds")
+        self.scenes, self.task = SceneList(scenes, ViewSet, cache_scenes, cache_mb), task
+        self.index = FrameIndex(self.scenes.lengths())
+        self._classes: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+        scene, frame = self.index.locate(idx)
+        data = self.scenes.frame(scene, frame)
+        return data["rgb"], self.target(scene, frame, data)
+
+    def target(self, scene: int, frame: int, data: dict) -> Tensor:
+        name = self.scenes.name(scene)
+        if self.task == "depth":
+            if "depth" not in data:
+                raise InputError(f"scene {name!r}: task 'depth' needs depth maps")
+            return data["depth"]  # (1, H, W)
+        if "semantic" not in data:
+            raise InputError(f"scene {name!r}: task {self.task!r} needs semantic maps")
+        if self.task == "segmentation":
+            return data["semantic"]  # (H, W)
+        if scene not in self._classes:
+            n = len(self.scenes[scene])
+            labels = torch.cat([self.scenes.frame(scene, f)["semantic"].reshape(-1) for f in range(n)])
+            self._classes[scene] = scene_class(labels, name)
+        return self._classes[scene]  # ()
+
+    def image_size(self) -> tuple[int, int]:
+        first = self.scenes[0]
+        return first.height, first.width
 
 
-def scene_targets(viewset: ViewSet, task: str) -> Tensor:
-    """Targets of one scene's frames (see :func:`frames_from_scenes`)."""
-    if task == "depth":
-        if viewset.depth is None:
-            raise InputError(f"scene {viewset.name!r}: task 'depth' needs depth maps")
-        return viewset.depth.float()  # (V, 1, H, W)
-    if viewset.semantic is None:
-        raise InputError(f"scene {viewset.name!r}: task {task!r} needs semantic maps")
-    if task == "segmentation":
-        return viewset.semantic.long()  # (V, H, W)
-    return scene_class(viewset).repeat(len(viewset))  # (V,)
+def quiet_generator() -> torch.Generator:
+    """A DataLoader's own generator, so iterating it leaves the global RNG alone (no randomness is drawn
+    from it: samples and batches are fixed by the caller)."""
+    return torch.Generator().manual_seed(0)
 
 
-def scene_class(viewset: ViewSet) -> Tensor:
-    """() int64: the most frequent non-negative semantic id over all views (ties: the smallest id)."""
-    labels = viewset.semantic[viewset.semantic >= 0]  # (M,)
+def frames_from_scenes(viewsets: list, task: str) -> tuple[Tensor, Tensor]:
+    """All frames of ``viewsets`` with the task's targets, stacked: images (N, 3, H, W) and targets
+    (see :class:`TaskFrames`). For small splits and tests; training and evaluation stream."""
+    frames = TaskFrames(viewsets, task)
+    images, targets = zip(*(frames[i] for i in range(len(frames))))
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) > 1:
+        raise InputError(f"frames_from_scenes: scenes have different image sizes {sorted(shapes)}; resize them first")
+    return torch.stack(images), torch.stack(targets)
+
+
+def scene_class(labels: Tensor, name: str) -> Tensor:
+    """() int64: the most frequent non-negative semantic id of a scene's labels (ties: the smallest id)."""
+    labels = labels[labels >= 0]  # (M,)
     if labels.numel() == 0:
-        raise InputError(f"scene {viewset.name!r}: no labelled pixel to take a class from")
+        raise InputError(f"scene {name!r}: no labelled pixel to take a class from")
     return torch.bincount(labels).argmax()
 
 
@@ -240,13 +280,39 @@ def check_disjoint_scenes(train: list[ViewSet], test: list[ViewSet]) -> None:
         raise InputError(f"downstream: test scenes also used for training: {shared}")
 
 
-def infer_num_classes(viewsets: list[ViewSet], targets: Tensor, cfg: DownstreamConfig) -> int:
+def infer_num_classes(frames: TaskFrames, stats: "TargetStats", cfg: DownstreamConfig) -> int:
     """Classes of the task: ``cfg.num_classes``, else the scenes' class_names, else max label + 1."""
     if cfg.num_classes is not None:
         return cfg.num_classes
-    if viewsets[0].class_names:
-        return len(viewsets[0].class_names)
-    return int(targets.max()) + 1
+    if frames.scenes[0].class_names:
+        return len(frames.scenes[0].class_names)
+    return stats.max_label + 1
+
+
+@dataclass
+class TargetStats:
+    """What the head's set-up needs from the training targets, gathered in one streamed pass."""
+
+    max_label: int = -1
+    log_depth_sum: float = 0.0
+    depth_count: int = 0
+
+    @classmethod
+    def of(cls, frames: TaskFrames, batch_size: int) -> "TargetStats":
+        stats = cls()
+        for _, targets in DataLoader(frames, batch_size=batch_size, generator=quiet_generator()):
+            if frames.task == "depth":
+                valid = targets[targets > 0]
+                stats.log_depth_sum += float(valid.double().log().sum())
+                stats.depth_count += int(valid.numel())
+            else:
+                stats.max_label = max(stats.max_label, int(targets.max()))
+        return stats
+
+    @property
+    def mean_depth_geometric(self) -> float:
+        """exp(mean log depth) over valid pixels (1.0 if none): the depth head's starting prediction."""
+        return math.exp(self.log_depth_sum / self.depth_count) if self.depth_count else 1.0
 
 
 # ==================================================================================================
@@ -341,12 +407,6 @@ def build_head(task: str, dim: int, num_classes: int, channels: int, init_depth:
     return LinearClassifier(dim, num_classes)
 
 
-def mean_depth_geometric(depth: Tensor) -> float:
-    """exp(mean log depth) over valid pixels (1.0 if none): the depth head's starting prediction."""
-    valid = depth[depth > 0]
-    return float(valid.log().mean().exp()) if valid.numel() else 1.0
-
-
 # ==================================================================================================
 # Optimisation
 # ==================================================================================================
@@ -435,15 +495,15 @@ def random_hflip(images: Tensor, targets: Tensor, dense: bool, generator: torch.
 def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: DownstreamConfig) -> DownstreamModel:
     """Train a head (``linear``) or encoder + head (``finetune``) on ``train_scenes``; returns the model
     in eval mode on ``cfg.device``, with ``loss_history`` (one float per step)."""
-    images, targets = frames_from_scenes(train_scenes, cfg.task)
+    frames = TaskFrames(train_scenes, cfg.task)
     device = resolve_device(cfg.device)
-    model = build_model(encoder, train_scenes, targets, cfg).to(device)
+    model = build_model(encoder, frames, cfg).to(device)
     optimizer, lr_schedule = build_optimization(model, cfg)
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    schedule = batch_schedule(images.shape[0], cfg, generator)  # (steps, B)
+    schedule = batch_schedule(len(frames), cfg, generator)  # (steps, B)
     model.train()
-    for step, idx in enumerate(schedule):
-        x, y = images[idx], targets[idx]
+    loader = DataLoader(frames, batch_sampler=schedule.tolist(), num_workers=cfg.workers, generator=quiet_generator())
+    for step, (x, y) in enumerate(loader):
         if cfg.hflip:
             x, y = random_hflip(x, y, cfg.task in DENSE_TASKS, generator)
         loss = model.forward_loss(model(x.to(device)), y.to(device))
@@ -455,10 +515,12 @@ def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: Downs
     return model.eval()
 
 
-def build_model(encoder: nn.Module, scenes: list[ViewSet], targets: Tensor, cfg: DownstreamConfig) -> DownstreamModel:
-    """A copy of ``encoder`` plus a head initialised deterministically from ``cfg.seed``."""
-    num_classes = infer_num_classes(scenes, targets, cfg) if cfg.task != "depth" else 1
-    init_depth = mean_depth_geometric(targets) if cfg.task == "depth" else 1.0
+def build_model(encoder: nn.Module, frames: TaskFrames, cfg: DownstreamConfig) -> DownstreamModel:
+    """A copy of ``encoder`` plus a head initialised deterministically from ``cfg.seed`` (class count and
+    starting depth from one streamed pass over the training targets)."""
+    stats = TargetStats.of(frames, cfg.eval_batch_size) if cfg.task == "depth" or cfg.num_classes is None else TargetStats()
+    num_classes = infer_num_classes(frames, stats, cfg) if cfg.task != "depth" else 1
+    init_depth = stats.mean_depth_geometric if cfg.task == "depth" else 1.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
         head = build_head(cfg.task, encoder_dim(encoder), num_classes, cfg.head_channels, init_depth)
@@ -470,16 +532,16 @@ def evaluate_downstream(model: DownstreamModel, test_scenes: list[ViewSet], cfg:
     """Metrics of ``model`` on every frame of ``test_scenes`` (keys in the module docstring)."""
     if model.task != cfg.task:
         raise InputError(f"evaluate_downstream: model was trained for {model.task!r}, cfg.task is {cfg.task!r}")
-    images, targets = frames_from_scenes(test_scenes, cfg.task)
+    frames = TaskFrames(test_scenes, cfg.task)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     meter = make_meter(model)
-    for x, y in zip(images.split(cfg.eval_batch_size), targets.split(cfg.eval_batch_size)):
+    for x, y in DataLoader(frames, batch_size=cfg.eval_batch_size, num_workers=cfg.workers, generator=quiet_generator()):
         meter.update(model.predict(x.to(device)).cpu(), y)
     model.train(was_training)
     out = meter.compute()
-    out["num_frames"] = int(images.shape[0])
+    out["num_frames"] = len(frames)
     out["num_scenes"] = len(test_scenes)
     return out
 

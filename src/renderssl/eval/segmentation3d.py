@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ..data.datasets import PointCloudDataset, collate_points
 from ..data.points import augment_points, fuse_frames, grid_sample, select_points
+from ..data.scenes import open_scene
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
@@ -51,8 +52,9 @@ from .downstream import (
 )
 
 
-def scene_cloud(scene: PointCloud | ViewSet, cfg: PointTaskConfig) -> PointCloud:
-    """The labelled point cloud of one scene."""
+def scene_cloud(scene, cfg: PointTaskConfig) -> PointCloud:
+    """The labelled point cloud of one scene (a PointCloud, a ViewSet or a reference to either)."""
+    scene = open_scene(scene)
     cloud = fuse_frames(scene, stride=cfg.frame_stride) if isinstance(scene, ViewSet) else scene
     if cloud.semantic is None:
         raise InputError(f"scene {cloud.name!r}: 3D segmentation needs per-point semantic labels")
@@ -109,8 +111,9 @@ class PointSegmentationModel(DownstreamModel):
 def num_point_classes(scenes: list, clouds: list[PointCloud], cfg: DownstreamConfig) -> int:
     if cfg.num_classes is not None:
         return cfg.num_classes
-    if isinstance(scenes[0], ViewSet) and scenes[0].class_names:
-        return len(scenes[0].class_names)
+    names = getattr(open_scene(scenes[0]), "class_names", None)
+    if names:
+        return len(names)
     return int(max(int(c.semantic.max()) for c in clouds)) + 1
 
 

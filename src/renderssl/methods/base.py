@@ -9,7 +9,10 @@ heads and renderers its pretext task needs. It declares, as class attributes and
   ``"sparse_unet"``, ``"pointnet2"``), with :meth:`encoder_config` its config;
 - :meth:`param_groups`: named groups of parameters (by name prefix) with their own learning rate and
   weight decay (e.g. GNT's transformer at 5e-4 and CNN at 1e-3); ``optim.groups`` overrides them;
-- :meth:`validate`: metrics of a held-out batch (default: the loss and its terms, without gradients).
+- :meth:`validate`: metrics of a held-out batch (default: the loss and its terms, without gradients);
+- ``config_class``: its config dataclass (the YAML section named after the recipe);
+- ``stage_fields``: config fields naming an earlier run it starts from (Mask3D's Stage-I ``init_from``),
+  which the experiment can run first (``pretrain:<preset>``) and clears when a run is reloaded.
 
 ``forward(batch, ctx)`` receives a :class:`StepContext`: the generator every random choice of the step
 (masks, sampled rays, views) is drawn from, seeded by the trainer from (seed, step, rank) so a step is a
@@ -97,8 +100,10 @@ def dataclass_dict(config) -> dict:
 class Method(nn.Module):
     """Base class of the recipes."""
 
+    config_class: ClassVar[type]
     sample_type: ClassVar[str] = "image"
     encoder_architecture: ClassVar[str] = "vit"
+    stage_fields: ClassVar[tuple[str, ...]] = ()
     encoder: nn.Module
     config: object  # the recipe's config dataclass; its ``encoder`` field configures ``encoder``
 

@@ -121,6 +121,8 @@ def fixed_camera(
 
 
 class GMAE(Method):
+    config_class = GMAEConfig
+
     def __init__(self, config: GMAEConfig):
         super().__init__()
         self.config = config

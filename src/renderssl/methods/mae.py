@@ -42,6 +42,8 @@ def masked_mean(per_patch: Tensor, mask: Tensor) -> Tensor:
 
 
 class MAE(Method):
+    config_class = MAEConfig
+
     def __init__(self, config: MAEConfig):
         super().__init__()
         self.config = config

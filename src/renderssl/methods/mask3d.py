@@ -221,6 +221,8 @@ def stage1_encoder_state(path) -> dict[str, Tensor]:
 
 
 class Mask3D(Method):
+    config_class = Mask3DConfig
+    stage_fields = ("init_from",)  # Stage I: a run folder, a weight file or pretrain:<preset>
     sample_type = "rgbd"  # trains on RGB-D frames {"rgb", "depth"} (experiment.pretraining_data)
 
     def __init__(self, config: Mask3DConfig):
@@ -248,6 +250,9 @@ class Mask3D(Method):
         # DDP: the depth encoder is idle without depth patches, a learned mask token without uncovered patches
         self.ddp_find_unused_parameters = n_depth == 0 or (config.mask_token == "learned" and n_rgb + n_depth == L)
         if config.init_from is not None:
+            if config.init_from.startswith("pretrain:"):
+                raise InputError(f"mask3d.init_from={config.init_from}: an earlier run to make first; renderssl pretrain "
+                                 "(experiment.resolve_stages) runs it and passes its folder")
             self.load_stage1(config.init_from)
 
     def no_weight_decay(self) -> set[str]:

@@ -166,11 +166,12 @@ class DataConfig:
     pretrain_source: str | None = None  # folder source: a separate folder of unlabelled pretraining scenes
     workers: int = 0  # DataLoader worker processes decoding samples in parallel
     cache_scenes: int = 8  # opened scenes kept per process (bounded LRU)
-    max_bad_fraction: float = 0.01  # stop when more than this fraction of sample reads fail (after 100 reads)
+    cache_mb: float = 512.0  # decoded frames kept per process, in MB (bounded LRU; split among workers)
+    max_bad_fraction: float = 0.05  # stop when more than this fraction of sample reads fail
 
     def __post_init__(self):
-        if self.workers < 0 or self.cache_scenes < 1:
-            raise InputError(f"workers must be >= 0 and cache_scenes >= 1, got {self.workers}, {self.cache_scenes}")
+        if self.workers < 0 or self.cache_scenes < 1 or self.cache_mb < 0:
+            raise InputError(f"workers and cache_mb must be >= 0 and cache_scenes >= 1, got {self.workers}, {self.cache_mb}, {self.cache_scenes}")
         if self.pretrain_scenes is not None and self.pretrain_scenes < 1:
             raise InputError(f"pretrain_scenes must be >= 1 or null, got {self.pretrain_scenes}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

@@ -15,18 +15,33 @@ Choices:
 - Files in ``out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``previews/step_NNNNNN.png``,
   ``checkpoints/{last.pt, step_NNNNNN.pt}``. A fresh ``fit()`` deletes the checkpoints and logs of an
   earlier run in ``out_dir`` (with a warning); ``fit(resume=True)`` continues from ``checkpoints/last.pt``.
+- Gradient accumulation (``train.accumulate`` = k): a step runs k micro-batches of ``batch_size``,
+  each loss divided by k, gradients synchronised across processes on the last one only (DDP
+  ``no_sync``), so a step equals one batch of k x batch_size for losses that are batch means. The
+  step's generator is shared by its micro-batches in order; MAE's lr rule counts k x batch x world.
+- Mixed precision (``train.precision``): bf16 / fp16 autocast of the forward pass on CUDA, with a
+  gradient scaler for fp16; fp32 elsewhere (fp16 on a CPU is refused; bf16 on a CPU is allowed but slow).
+- Validation (``train.val_every``): every N steps and at the end, the method's ``validate`` on the
+  first ``train.val_batches`` batches of the validation Dataset (in order, eval mode, no gradients,
+  a generator seeded by (seed, step, rank, 2)); the means go to the logs as ``val_<name>``.
+- Unreadable samples (:mod:`renderssl.data.unreadable`): replaced by the next readable one, each new
+  one written to the log once and listed in the summary (``skipped_reads``); the run stops when the
+  distinct unreadable samples exceed ``max_bad_fraction`` of the dataset. Checked on every log step
+  with every rank's list, so all ranks stop together.
+- DataLoader workers persist across epochs; the data order does not depend on them.
 - The method may set ``ddp_find_unused_parameters = True`` when some parameters get no gradient in a
   step (DDP's ``find_unused_parameters``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +52,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.unreadable import SkippingCollate, SkipUnreadable, check_unreadable
 from ..errors import InputError
 from ..viz import save_grid
 from .checkpoint import LAST, clear_run_checkpoints, load_checkpoint, remove_temp_files, rng_state, save_run_checkpoint, set_rng_state
@@ -67,6 +83,7 @@ class TrainSummary:
     steps_done: int  # the step the run reached (the global step count, resumed steps included)
     last_loss: float  # loss of the last step, averaged over processes (nan if that step was skipped)
     skipped_nonfinite: int  # steps skipped for a non-finite loss or gradient, over the whole run
+    skipped_reads: list[str]  # samples that could not be read (file and problem), over the whole run
     out_dir: Path
     checkpoint: Path | None  # checkpoints/last.pt
     metrics: Path  # metrics.jsonl
@@ -78,6 +95,7 @@ class _Counters:
     skipped_nonfinite: int = 0
     consecutive_nonfinite: int = 0
     last_loss: float = math.nan
+    skipped_reads: list = field(default_factory=list)  # distinct unreadable samples ('file: problem'), every rank's
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -165,6 +183,8 @@ class Trainer:
         collate_fn: Callable | None = None,
         config_dict: dict | None = None,
         num_workers: int = 0,
+        validation: tuple[Dataset, Callable | None] | None = None,
+        max_bad_fraction: float = 0.05,
     ):
         self.method = method  # the raw module: saved in checkpoints, owns .encoder
         self.dataset = dataset
@@ -172,6 +192,8 @@ class Trainer:
         self.optim = optim
         self.collate_fn = collate_fn
         self.num_workers = num_workers  # DataLoader worker processes (data.workers)
+        self.validation = validation  # (Dataset, collate_fn) of held-out scenes for train.val_every
+        self.max_bad_fraction = max_bad_fraction
         self.config_dict = _plain(config_dict if config_dict is not None else {"train": to_dict(train), "optim": to_dict(optim)})
         self.out_dir = Path(train.out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
@@ -204,8 +226,12 @@ class Trainer:
             raise InputError(
                 f"train.batch_size={train.batch_size}: a dataset of {len(self.dataset)} samples over {ctx.world} process(es) has no full batch"
             )
-        optimizer = build_optimizer(method, self.optim, total_batch=train.batch_size * ctx.world)
+        if train.precision == "fp16" and ctx.device.type != "cuda":
+            raise InputError("train.precision=fp16 needs CUDA; use fp32 (or bf16) on a CPU")
+        total_batch = train.batch_size * train.accumulate * ctx.world
+        optimizer = build_optimizer(method, self.optim, total_batch=total_batch, groups=method.param_groups())
         scheduler = build_scheduler(optimizer, self.optim, train.steps)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=train.precision == "fp16")
         counters = _Counters()
         if resume:
             state = load_checkpoint(self.checkpoint_dir / LAST)
@@ -234,6 +260,7 @@ class Trainer:
             steps_done=counters.step,
             last_loss=counters.last_loss,
             skipped_nonfinite=counters.skipped_nonfinite,
+            skipped_reads=list(counters.skipped_reads),
             out_dir=self.out_dir,
             checkpoint=last if last.exists() else None,
             metrics=self.out_dir / METRICS,
@@ -247,20 +274,21 @@ class Trainer:
         return DistributedDataParallel(method, device_ids=device_ids, find_unused_parameters=unused)
 
     def _batches(self, sampler: ResumableDistributedSampler, ctx: DistContext) -> Iterator:
-        """Endless batches on the device, rolling over epochs (``sampler.set_epoch``)."""
+        """Endless ``(batch on the device, unreadable samples)``, rolling over epochs (``sampler.set_epoch``)."""
+        loader = DataLoader(
+            SkipUnreadable(self.dataset),
+            batch_size=self.train.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=SkippingCollate(self.collate_fn),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=ctx.device.type == "cuda",
+            generator=torch.Generator().manual_seed(derive_seed(self.train.seed, ctx.rank, 1)),  # worker seeds
+        )
         while True:
-            loader = DataLoader(
-                self.dataset,
-                batch_size=self.train.batch_size,
-                sampler=sampler,
-                drop_last=True,
-                collate_fn=self.collate_fn,
-                num_workers=self.num_workers,
-                pin_memory=ctx.device.type == "cuda",
-                generator=torch.Generator().manual_seed(derive_seed(self.train.seed, sampler.epoch, ctx.rank, 1)),  # worker seeds
-            )
-            for batch in loader:
-                yield move_to_device(batch, ctx.device)
+            for batch, problems in loader:
+                yield move_to_device(batch, ctx.device), problems
             sampler.set_epoch(sampler.epoch + 1)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -268,43 +296,106 @@ class Trainer:
     def _loop(self, ctx, batches, optimizer, scheduler, sampler, counters: _Counters, logger: TrainLogger) -> None:
         train = self.train
         window_start, window_steps = time.perf_counter(), 0
+        problems: list[str] = []
         for step in range(counters.step + 1, train.steps + 1):
-            batch = next(batches)
-            result = self._train_step(ctx, batch, step, optimizer, scheduler)
-            sampler.advance(train.batch_size)
+            result, batch = self._train_step(ctx, batches, step, optimizer, scheduler, sampler, problems)
             self._count(step, result, counters, logger)
             logger.advance()
             window_steps += 1
             final = step == train.steps
             if step % train.log_every == 0 or final:
+                self._collect_unreadable(problems, counters, logger)
+                problems = []
                 seconds = (time.perf_counter() - window_start) / window_steps
                 logger.log(step, self._scalars(result, sampler, counters, seconds, ctx))
                 window_start, window_steps = time.perf_counter(), 0
+            if self.validation is not None and train.val_every and (step % train.val_every == 0 or final):
+                logger.log(step, self.validate(step, ctx))
             if ctx.is_main and (step % train.preview_every == 0 or final):
                 self.save_preview(step, batch, result.output)
             if step % train.ckpt_every == 0 or final:
                 self._save(ctx, optimizer, scheduler, sampler, counters)
 
-    def _train_step(self, ctx, batch: dict, step: int, optimizer, scheduler) -> _StepResult:
-        """Forward, agree on finiteness across ranks, then backward + clip + AdamW step (or skip)."""
+    def _train_step(self, ctx, batches, step: int, optimizer, scheduler, sampler, problems: list) -> tuple[_StepResult, dict]:
+        """``train.accumulate`` micro-batches: forward, agree on finiteness across ranks, backward; then clip
+        and step the optimizer (or skip the step). Returns the result and the last micro-batch."""
+        train = self.train
         optimizer.zero_grad(set_to_none=True)
-        output = self.model(batch, StepContext(step_generator(self.train.seed, step, ctx.rank), step, self.train.steps))
-        names = list(output.terms)
-        loss = output.loss.detach().float().reshape(())
-        local = torch.stack([(~torch.isfinite(loss)).float(), loss, *[output.terms[n].detach().float().reshape(()).to(loss.device) for n in names]])
-        reduced = all_reduce_sum(local).tolist()  # [ranks with a bad loss, sum of losses, sums of terms...]
-        skipped, mean = reduced[0] > 0, [v / ctx.world for v in reduced[1:]]
+        step_ctx = StepContext(step_generator(train.seed, step, ctx.rank), step, train.steps)
+        sums, skipped = None, False
+        for micro in range(train.accumulate):
+            batch, bad_reads = next(batches)
+            problems.extend(bad_reads)
+            last = micro == train.accumulate - 1
+            with self._sync(ctx, last):
+                with self._autocast(ctx):
+                    output = self.model(batch, step_ctx)
+                names = list(output.terms)
+                loss = output.loss.detach().float().reshape(())
+                local = torch.stack([(~torch.isfinite(loss)).float(), loss, *[output.terms[n].float().reshape(()).to(loss.device) for n in names]])
+                reduced = all_reduce_sum(local)  # [ranks with a bad loss, sum of losses, sums of terms...]
+                skipped = skipped or bool(reduced[0] > 0)
+                if not skipped:
+                    self.scaler.scale(output.loss.float() / train.accumulate).backward()
+            sums = reduced[1:] if sums is None else sums + reduced[1:]
+            sampler.advance(train.batch_size)
+        mean = (sums / (ctx.world * train.accumulate)).tolist()
         lr = optimizer.param_groups[0]["lr"]
         grad_norm = None
         if not skipped:
-            output.loss.backward()
             if self.optim.grad_clip is not None:
+                self.scaler.unscale_(optimizer)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.optim.grad_clip))
                 skipped = not math.isfinite(grad_norm)  # equal on every rank: gradients are all-reduced
             if not skipped:
-                optimizer.step()
+                self.scaler.step(optimizer)
+                self.scaler.update()
         scheduler.step()
-        return _StepResult(mean[0], dict(zip(names, mean[1:])), lr, skipped, grad_norm, output)
+        return _StepResult(mean[0], dict(zip(names, mean[1:])), lr, skipped, grad_norm, output), batch
+
+    def _sync(self, ctx, last_micro_batch: bool):
+        """DDP synchronises gradients on the last micro-batch of a step only."""
+        if ctx.world == 1 or last_micro_batch:
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _autocast(self, ctx):
+        if self.train.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.train.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=ctx.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def validate(self, step: int, ctx) -> dict:
+        """Mean ``method.validate`` metrics over the first ``train.val_batches`` validation batches."""
+        dataset, collate = self.validation
+        loader = DataLoader(SkipUnreadable(dataset), batch_size=self.train.batch_size, shuffle=False,
+                            collate_fn=SkippingCollate(collate), num_workers=0)
+        self.method.eval()
+        totals: dict[str, float] = {}
+        count = 0
+        try:
+            for i, (batch, _) in enumerate(loader):
+                if i == self.train.val_batches:
+                    break
+                val_ctx = StepContext(torch.Generator().manual_seed(derive_seed(self.train.seed, step, ctx.rank, 2, i)), step, self.train.steps)
+                with self._autocast(ctx):
+                    metrics = self.method.validate(move_to_device(batch, ctx.device), val_ctx)
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                count += 1
+        finally:
+            self.method.train()
+        return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+    def _collect_unreadable(self, problems: list[str], counters: _Counters, logger: TrainLogger) -> None:
+        """Every rank's unreadable samples since the last call: logged once each, counted, checked."""
+        gathered = {p for rank_problems in all_gather_objects(sorted(set(problems))) for p in rank_problems}
+        new = sorted(gathered - set(counters.skipped_reads))
+        for problem in new:
+            logger.warning(f"skipped an unreadable sample: {problem}")
+        counters.skipped_reads.extend(new)
+        check_unreadable(set(counters.skipped_reads), len(self.dataset), self.max_bad_fraction)
 
     def _count(self, step: int, result: _StepResult, counters: _Counters, logger: TrainLogger) -> None:
         counters.step, counters.last_loss = step, result.loss
@@ -323,14 +414,15 @@ class Trainer:
             )
 
     def _scalars(self, result: _StepResult, sampler, counters: _Counters, seconds: float, ctx) -> dict:
-        reserved = {"step", "epoch", "loss", "lr", "sec_per_step", "samples_per_s", "skipped_nonfinite", "grad_norm"}
+        reserved = {"step", "epoch", "loss", "lr", "sec_per_step", "samples_per_s", "skipped_nonfinite", "skipped_reads", "grad_norm"}
         scalars = {"epoch": sampler.epoch, "loss": result.loss}
         scalars |= {_metric_name(k, reserved): v for k, v in result.terms.items()}
         scalars |= {
             "lr": result.lr,
             "sec_per_step": seconds,
-            "samples_per_s": self.train.batch_size * ctx.world / max(seconds, 1e-12),
+            "samples_per_s": self.train.batch_size * self.train.accumulate * ctx.world / max(seconds, 1e-12),
             "skipped_nonfinite": counters.skipped_nonfinite,
+            "skipped_reads": len(counters.skipped_reads),
         }
         if result.grad_norm is not None:
             scalars["grad_norm"] = result.grad_norm
@@ -363,6 +455,7 @@ class Trainer:
             "sampler": sampler.state_dict(),
             "rng": rngs,  # one entry per rank
             "counters": counters.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "config": self.config_dict,
         }
         save_run_checkpoint(self.checkpoint_dir, counters.step, state, keep=self.train.keep_checkpoints)
@@ -375,6 +468,8 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             sampler.load_state_dict(state["sampler"])
             counters.load_state_dict(state["counters"])
+            if state.get("grad_scaler"):
+                self.scaler.load_state_dict(state["grad_scaler"])
             rngs = state["rng"]
             set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world else rngs[ctx.rank % len(rngs)])
         except (KeyError, RuntimeError, ValueError) as err:

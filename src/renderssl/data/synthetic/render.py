@@ -1,7 +1,9 @@
 """Rendering a layout: world rays -> hit, colour, normals and labels; cameras -> images.
 
-All rays of all views of a scene are cast together, in chunks of ``CHUNK_RAYS`` to bound memory at
-large sizes; per ray only the winning primitive's normal and texture are evaluated. Background (no hit)
+Each view's rays are cast together, in chunks of ``CHUNK_RAYS`` to bound memory at large sizes, one
+view at a time so a frame rendered alone has the same bits as in its whole scene (the lazily read
+synthetic scenes of :mod:`renderssl.data.scenes` render single frames); per ray only the winning
+primitive's normal and texture are evaluated. Background (no hit)
 has the config's background colour, semantic = instance = -1, depth 0 and normal 0.
 ``render_layout`` casts ``Cameras.rays(normalize=False)`` (unit camera-z directions), so the hit's ray
 parameter is the z-depth.
@@ -47,17 +49,27 @@ def _render_chunk(layout: SceneLayout, origins: Tensor, dirs: Tensor) -> dict:
 
 def render_layout(layout: SceneLayout, cameras: Cameras) -> dict:
     """Render a layout from cameras (V,): rgb (V, 3, H, W), depth (V, 1, H, W) z-depth (0 = none),
-    normals (V, 3, H, W) world, semantic and instance (V, H, W) int64 (-1 = none)."""
+    normals (V, 3, H, W) world, semantic and instance (V, H, W) int64 (-1 = none).
+
+    Views are cast one at a time, so a view's pixels do not depend on which other views are rendered
+    with it (vectorised math rounds by position in an array): a frame rendered alone, as the lazily read
+    scenes of :mod:`renderssl.data.scenes` do, has the same bits as in the whole scene."""
     cams = cameras.reshape(-1)
-    V, H, W = cams.batch_shape[0], cams.height, cams.width
-    origins, dirs = cams.rays(normalize=False)  # (V, H, W, 3), unit camera-z: t is z-depth
+    views = [render_view(layout, cams[v : v + 1]) for v in range(cams.batch_shape[0])]
+    return {k: torch.cat([view[k] for view in views]) for k in views[0]}
+
+
+def render_view(layout: SceneLayout, camera: Cameras) -> dict:
+    """One view (a camera of batch shape (1,)) of :func:`render_layout`."""
+    H, W = camera.height, camera.width
+    origins, dirs = camera.rays(normalize=False)  # (1, H, W, 3), unit camera-z: t is z-depth
     out = render_rays(layout, origins.reshape(-1, 3), dirs.reshape(-1, 3))
     depth = torch.where(out["primitive"] >= 0, out["t"], 0.0)  # (R,)
 
     def image(x: Tensor, c: int) -> Tensor:
-        return x.reshape(V, H, W, c).permute(0, 3, 1, 2).contiguous()
+        return x.reshape(1, H, W, c).permute(0, 3, 1, 2).contiguous()
 
     return dict(
         rgb=image(out["rgb"], 3), depth=image(depth[:, None], 1), normals=image(out["normals"], 3),
-        semantic=out["semantic"].reshape(V, H, W), instance=out["instance"].reshape(V, H, W),
+        semantic=out["semantic"].reshape(1, H, W), instance=out["instance"].reshape(1, H, W),
     )
