@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from .formats.image_folder import ImageFolder, read_image_folder
 from .formats.images import resize_rgb
-from .scenes import SceneList, has_depth
+from .scenes import SceneList
 from .types import PointCloud, ViewSet
 
 LABEL_KEYS = ("semantic", "instance", "label")

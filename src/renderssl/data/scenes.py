@@ -149,10 +149,6 @@ def open_scene(item):
     return obj.load() if isinstance(obj, Scene) else obj
 
 
-def has_depth(scene) -> bool:
-    return scene.depth is not None if isinstance(scene, ViewSet) else scene.has_depth
-
-
 def as_sample_dtypes(frame: dict) -> dict:
     """Stored frame -> rgb/depth/normals float32 (rgb in [0, 1]), labels int64."""
     out = {}

@@ -147,10 +147,7 @@ class GMAE(Method):
 
     def forward_decoder(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, 1 + n, D) visible latents -> (B, k, 14) raw Gaussian parameters."""
-        x = self.decoder.decoder_embed(latent)  # (B, 1 + n, Dd)
-        pos = self.decoder.position_embedding(grid).expand(x.shape[0], -1, -1)  # (B, 1 + L, Dd)
-        pos_visible = torch.gather(pos[:, 1:], 1, ids_keep[..., None].expand(-1, -1, pos.shape[-1]))
-        x = x + torch.cat([pos[:, :1], pos_visible], dim=1)
+        x = self.decoder.embed_visible(latent, ids_keep, grid)  # (B, 1 + n, Dd)
         queries = self.query_tokens.expand(x.shape[0], -1, -1)  # (B, k, Dd)
         x = self.decoder.run_blocks(torch.cat([x, queries], dim=1))
         return self.gaussian_pred(x[:, -self.config.num_gaussians:])  # discard the latent tokens' outputs

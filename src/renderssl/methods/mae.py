@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..data.masking import mask_to_pixels, patchify, random_masking, unpatchify, unshuffle
+from ..data.masking import mask_to_pixels, patchify, random_masking, unpatchify
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.mae_decoder import DecoderTrunk
 from .base import Method, MethodOutput, StepContext
@@ -68,11 +68,7 @@ class MAE(Method):
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, 1 + n_keep, D) -> per-patch pixel predictions (B, L, p*p*C)."""
-        x = self.decoder.decoder_embed(latent)  # (B, 1 + n, Dd)
-        L = ids_restore.shape[1]
-        masks = self.mask_token.expand(x.shape[0], L + 1 - x.shape[1], -1)
-        patches = unshuffle(torch.cat([x[:, 1:], masks], dim=1), ids_restore)  # (B, L, Dd)
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder.position_embedding(grid)
+        x = self.decoder.fill_masked(latent, self.mask_token, ids_restore, grid)  # (B, 1 + L, Dd)
         return self.decoder_pred(self.decoder.run_blocks(x)[:, 1:])
 
     def forward_loss(self, images: Tensor, pred: Tensor, mask: Tensor) -> Tensor:

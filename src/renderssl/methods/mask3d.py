@@ -96,7 +96,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data.masking import RGBDMasks, disjoint_rgbd_masks, keep_count, mask_to_pixels, patchify, unpatchify, unshuffle
+from ..data.masking import RGBDMasks, disjoint_rgbd_masks, keep_count, mask_to_pixels, patchify, unpatchify
 from ..errors import InputError
 from ..models.encoders.depth_patch import DepthPatchEncoder
 from ..models.encoders.vit import ViTConfig, VisionTransformer
@@ -193,7 +193,7 @@ def stage1_encoder_state(path) -> dict[str, Tensor]:
     """Colour-encoder weights (timm names) from a ``renderssl pretrain`` run folder, an exported encoder
     (folder, ``encoder.json`` or ``.safetensors`` with its json), a renderssl checkpoint (its 'encoder.*'
     keys) or a bare ViT state dict file."""
-    from ..export import META_NAME, encoder_state_from_checkpoint, load_state_dict_file, read_encoder_info
+    from ..models.weights import META_NAME, encoder_state_from_checkpoint, load_state_dict_file, read_encoder_info
 
     path = Path(path)
     if not path.exists():
@@ -293,12 +293,7 @@ class Mask3D(Method):
 
     def forward_decoder(self, fused: Tensor, ids_restore: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, 1 + n, D) fused features -> (B, L, Dd) decoded patch tokens."""
-        x = self.decoder.decoder_embed(fused)  # (B, 1 + n, Dd)
-        L = ids_restore.shape[1]
-        masks = self.mask_token.to(x.dtype).expand(x.shape[0], L + 1 - x.shape[1], -1)  # (B, L - n, Dd)
-        patches = unshuffle(torch.cat([x[:, 1:], masks], dim=1), ids_restore)  # (B, L, Dd) patch order
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder.position_embedding(grid)
-        return self.decoder.run_blocks(x)[:, 1:]
+        return self.decoder.run_blocks(self.decoder.fill_masked(fused, self.mask_token, ids_restore, grid))[:, 1:]
 
     def forward_loss(self, pred: Tensor, depth_in: Tensor, valid: Tensor, masks: RGBDMasks) -> Tensor:
         """Depth l2 of (B, L, p*p) predictions against the normalised depth (B, 1, H, W), valid pixels only."""

@@ -1,10 +1,14 @@
 """MAE's lightweight transformer decoder trunk: embed encoder tokens, add fixed sin-cos positions,
-run pre-norm blocks, normalise. Shared by MAE (mask tokens at removed patches) and GMAE (learnable
-query tokens appended)."""
+run pre-norm blocks, normalise. Shared by MAE and Mask3D (:meth:`DecoderTrunk.fill_masked`: mask tokens
+at the removed patches, patch order restored) and GMAE (:meth:`DecoderTrunk.embed_visible`: the kept
+patches at their positions, learnable query tokens appended by the method)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+from ...data.masking import unshuffle
 
 from ..encoders.pos_embed import sincos_2d
 from ..encoders.vit import Block, init_transformer_weights
@@ -29,3 +33,21 @@ class DecoderTrunk(nn.Module):
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_norm(x)
+
+    def fill_masked(self, latent: Tensor, mask_token: Tensor, ids_restore: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Decoder input of a masked image: (B, 1 + n, D) encoder tokens (class token, then the n kept
+        patches in keep order) -> (B, 1 + L, Dd): embedded, ``mask_token`` (1, 1, Dd) at the L - n removed
+        patches, patch order restored by ``ids_restore`` (B, L), fixed positions added (class token: slot 0)."""
+        x = self.decoder_embed(latent)  # (B, 1 + n, Dd)
+        L = ids_restore.shape[1]
+        masks = mask_token.to(x.dtype).expand(x.shape[0], L + 1 - x.shape[1], -1)  # (B, L - n, Dd)
+        patches = unshuffle(torch.cat([x[:, 1:], masks], dim=1), ids_restore)  # (B, L, Dd) patch order
+        return torch.cat([x[:, :1], patches], dim=1) + self.position_embedding(grid)
+
+    def embed_visible(self, latent: Tensor, ids_keep: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, 1 + n, D) encoder tokens -> (B, 1 + n, Dd) embedded, each kept patch ``ids_keep`` (B, n) at
+        its own fixed position (class token: slot 0); no mask tokens."""
+        x = self.decoder_embed(latent)  # (B, 1 + n, Dd)
+        pos = self.position_embedding(grid).expand(x.shape[0], -1, -1)  # (B, 1 + L, Dd)
+        pos_visible = torch.gather(pos[:, 1:], 1, ids_keep[..., None].expand(-1, -1, pos.shape[-1]))  # (B, n, Dd)
+        return x + torch.cat([pos[:, :1], pos_visible], dim=1)
