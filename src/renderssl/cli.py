@@ -85,6 +85,21 @@ def _bench_encoders(args) -> None:
     _bench_end(snapshot)
 
 
+def _bench_data(args) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from .bench.data import bench_data, format_data_bench
+
+    snapshot = _bench_start(args, "data")
+    folder = Path(args.folder) if args.folder else Path(tempfile.gettempdir()) / "renderssl_bench_data_folder"
+    pools = [int(n) for n in args.scenes.split(",") if n]
+    workers = [int(n) for n in args.workers.split(",") if n]
+    results = bench_data(pools, None if args.no_folder else folder, args.folder_frames, workers, args.batches)
+    print(format_data_bench(results))
+    _bench_end(snapshot)
+
+
 SWEEP_MARKERS = ("base", "grid")  # top-level keys of a sweep file (sweep.SweepConfig) that no experiment config has
 
 
@@ -301,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--repeats", type=int, default=10)
     step.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     step.set_defaults(handler=_bench_step)
+    dat = bench.add_parser("data", help="pretraining data loading: peak memory and samples/s vs pool size and workers")
+    dat.add_argument("--scenes", default="1000,10000", help="synthetic pretraining pool sizes (data.pretrain_scenes)")
+    dat.add_argument("--workers", default="0,2", help="DataLoader worker counts to compare")
+    dat.add_argument("--batches", type=int, default=20, help="timed batches per configuration (after one warm-up)")
+    dat.add_argument("--folder", default="", help="ScanNet-style folder to write (once) and read; default a temp folder")
+    dat.add_argument("--folder-frames", type=int, default=2000)
+    dat.add_argument("--no-folder", action="store_true", help="synthetic pools only")
+    dat.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    dat.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    dat.set_defaults(handler=_bench_data)
     enc = bench.add_parser("encoders", help="3D encoders: forward+backward time and peak memory vs point count")
     enc.add_argument("--counts", default="", help="comma-separated point counts (default 10k,20k,50k,100k,200k)")
     enc.add_argument("--sparse-unet", default="base", help="SparseUNet preset (base, small)")
