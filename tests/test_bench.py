@@ -231,3 +231,16 @@ def test_encoder_bench_refuses_an_exponent_from_two_counts():
     result.time_exponents["pointnet2:small"] = fit_exponent([400, 800], [4.0, 8.0])
     result.memory_exponents["pointnet2:small"] = None
     assert "pointnet2:small    not fitted: too few counts (2; need >= 3)" in format_encoder_bench(result)
+
+
+def test_bench_data_measures_one_configuration_in_its_own_process():
+    from renderssl.bench.data import format_data_bench, run_isolated
+
+    tiny = ["data.width=16", "data.height=16", "data.views=2", "data.train_scenes=4", "data.val_scenes=1",
+            "data.test_scenes=1", "train.batch_size=4"]
+    results = [run_isolated(f"gmae_tiny, {n} synthetic scenes", "gmae_tiny", [*tiny, f"data.pretrain_scenes={n}"], 0, 2)
+               for n in (4, 40)]
+    for r in results:
+        assert r.samples == 8 and r.samples_per_s > 0 and r.main_peak_mib > 0 and r.worker_peak_mib == []
+    assert results[1].decoded_split_mib == pytest.approx(10 * results[0].decoded_split_mib)  # 10x the frames listed
+    assert "peak memory 40 synthetic scenes / 4 synthetic scenes" in format_data_bench(results)
