@@ -420,3 +420,28 @@ def test_validation_logs_the_methods_metrics_on_held_out_batches(tmp_path):
             expected.append(float(method(batch).loss))
     assert records[-1]["val_loss"] == pytest.approx(sum(expected) / 2, rel=1e-6)
     assert records[-1]["val_mse"] == pytest.approx(records[-1]["val_loss"])
+
+
+class EpochViews(torch.utils.data.Dataset):
+    """Records, per sample, the epoch the dataset was told when it read it (as a view sampler would use)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.full((8,), float(self.epoch)), "y": torch.zeros(3, fx.SIDE, fx.SIDE)}
+
+
+def test_datasets_with_set_epoch_see_each_epoch_in_persistent_workers(tmp_path):
+    train, optim, cfg = fx.parse(tmp_path, ["steps=6", "batch_size=4", "log_every=100", "ckpt_every=100", "preview_every=100"])
+    seen = []
+    method = fx.RegressionMethod(cfg)
+    method.register_forward_pre_hook(lambda m, args: seen.append(float(args[0]["x"][0, 0])))
+    Trainer(method, EpochViews(), train, optim, num_workers=2).fit()
+    assert seen == [0, 0, 1, 1, 2, 2]  # 2 batches per epoch, 3 epochs

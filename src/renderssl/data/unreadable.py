@@ -6,7 +6,9 @@ read. :class:`SkipUnreadable` wraps a Dataset: when reading index ``i`` raises a
 :class:`~renderssl.errors.InputError` (the readers' error, which names the file and the problem), the
 sample is replaced by the next readable one (``i + 1``, ``i + 2``, ... wrapping around), so a batch
 keeps its size and a run stays a pure function of its seed; each item is ``(sample, [problems])``.
-:class:`SkippingCollate` batches such items into ``(batch, [problems])``. The trainer collects the
+:class:`SkippingCollate` batches such items into ``(batch, [problems])``. An index may come as ``(epoch,
+index)`` (:class:`EpochIndices`): a Dataset with ``set_epoch`` (samples that draw new views each epoch)
+is told the epoch in whichever process reads it, so persistent DataLoader workers follow the epochs. The trainer collects the
 problems (every rank's), writes each new one to the log once, lists them in the run summary, and stops
 when the distinct unreadable samples exceed ``data.max_bad_fraction`` of the dataset.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from ..errors import InputError
 
@@ -35,7 +37,10 @@ class SkipUnreadable(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, idx: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, idx = key if isinstance(key, tuple) else (None, key)
+        if epoch is not None and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         problems: list[str] = []
         n = len(self.dataset)
         for k in range(min(n, MAX_CONSECUTIVE)):
@@ -44,6 +49,20 @@ class SkipUnreadable(Dataset):
             except InputError as err:
                 problems.append(str(err))
         raise UnreadableDataError(f"{len(problems)} samples in a row from index {idx} cannot be read: " + "; ".join(problems[:5]))
+
+
+class EpochIndices(Sampler):
+    """``sampler``'s indices as ``(sampler.epoch, index)`` pairs."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class SkippingCollate:

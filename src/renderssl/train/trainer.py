@@ -52,7 +52,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.unreadable import SkippingCollate, SkipUnreadable, check_unreadable
+from ..data.unreadable import EpochIndices, SkippingCollate, SkipUnreadable, check_unreadable
 from ..errors import InputError
 from ..viz import save_grid
 from .checkpoint import LAST, clear_run_checkpoints, load_checkpoint, remove_temp_files, rng_state, save_run_checkpoint, set_rng_state
@@ -278,7 +278,7 @@ class Trainer:
         loader = DataLoader(
             SkipUnreadable(self.dataset),
             batch_size=self.train.batch_size,
-            sampler=sampler,
+            sampler=EpochIndices(sampler),  # the epoch reaches Datasets with set_epoch in persistent workers
             drop_last=True,
             collate_fn=SkippingCollate(self.collate_fn),
             num_workers=self.num_workers,
