@@ -162,6 +162,10 @@ def as_sample_dtypes(frame: dict) -> dict:
     return out
 
 
+def nbytes(frame: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in frame.values())
+
+
 def compact(frame: dict) -> dict:
     """A frame in its smallest exact dtypes for caching (labels int16 when their values fit)."""
     out = dict(frame)
@@ -318,14 +322,11 @@ class SceneList:
             return as_sample_dtypes(self._frames[key])
         scene = self[i]
         stored = viewset_frame(scene, f) if isinstance(scene, ViewSet) else compact(scene.read_frame(f))
-        if not isinstance(scene, ViewSet):  # in-memory scenes need no second copy
-            size = sum(v.numel() * v.element_size() for v in stored.values())
-            if size <= self.cache_bytes:
-                self._frames[key] = stored
-                self._frame_bytes += size
-                while self._frame_bytes > self.cache_bytes:
-                    _, old = self._frames.popitem(last=False)
-                    self._frame_bytes -= sum(v.numel() * v.element_size() for v in old.values())
+        if not isinstance(scene, ViewSet) and nbytes(stored) <= self.cache_bytes:  # in-memory scenes need no copy
+            self._frames[key] = stored
+            self._frame_bytes += nbytes(stored)
+            while self._frame_bytes > self.cache_bytes:
+                self._frame_bytes -= nbytes(self._frames.popitem(last=False)[1])
         return as_sample_dtypes(stored)
 
     def lengths(self, given=None) -> list[int]:
