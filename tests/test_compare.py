@@ -71,3 +71,19 @@ def test_architecture_spec_sets_preset_and_fields():
     for bad in ("sparse_unet:small:=3", "sparse_unet:small:gird=3", "nonsense:small"):
         with pytest.raises(InputError):
             architecture_factory(bad)
+
+
+def test_entries_default_tasks_and_unique_names(tmp_path):
+    from renderssl.compare import build_entries
+    from renderssl.eval.tasks import assign_tasks
+
+    a, b = exported(tmp_path, "a", DATA), exported(tmp_path, "b", DATA)
+    entries = build_entries(CompareConfig(encoders=[str(a), str(b)]), [a, b])
+    assert [(e.name, e.architecture) for e in entries] == [("a", "vit"), ("b", "vit"), ("scratch", "vit")]
+    # no tasks given: ViT encoders get segmentation and depth, every entry on both
+    assert assign_tasks({e.name: e.architecture for e in entries}, CompareConfig(encoders=["x"]).tasks) == {
+        "segmentation": ["a", "b", "scratch"], "depth": ["a", "b", "scratch"]}
+    cfg = CompareConfig(encoders=[str(a), str(b)], names=["same", "same"], out_dir=str(tmp_path / "cmp"))
+    with pytest.raises(InputError, match="two entries are named 'same'"):
+        run_compare(cfg, log=lambda s: None)
+    assert not (tmp_path / "cmp").exists()

@@ -12,18 +12,18 @@ from renderssl.data.synthetic import OBJECT_CLASSES
 from renderssl.data.types import ViewSet
 from renderssl.errors import InputError
 from renderssl.eval import downstream as ds
+from renderssl.eval import transfer
 from renderssl.eval.downstream import (
     DownstreamConfig,
     check_disjoint_scenes,
-    compare_with_scratch,
     frames_from_scenes,
     learning_rate,
     param_groups,
-    run_downstream,
     scene_class,
     select_label_fraction,
     train_downstream,
 )
+from renderssl.eval.transfer import compare_with_scratch, run_downstream
 from renderssl.eval.heads import DepthHead, LinearClassifier, SegmentationHead
 from renderssl.eval.metrics import DepthMeter, SegmentationMeter
 from renderssl.models.encoders import ViTConfig, VisionTransformer
@@ -125,7 +125,7 @@ def test_train_and_test_scenes_are_disjoint_and_overlap_is_an_error(monkeypatch)
     def leaky_split(data_cfg, split):  # a test split that repeats a training scene
         return load_split(data_cfg, "train")[:2] if split == "test" else load_split(data_cfg, split)
 
-    monkeypatch.setattr(ds, "load_split", leaky_split)
+    monkeypatch.setattr(transfer, "load_split", leaky_split)
     with pytest.raises(InputError, match="also used for training"):
         run_downstream(tiny_vit, rooms(), cfg)
 

@@ -17,7 +17,8 @@ from renderssl.data.formats.ply import write_ply
 from renderssl.data.points import fuse_frames
 from renderssl.data.types import PointCloud
 from renderssl.errors import InputError
-from renderssl.eval.downstream import DownstreamConfig, PointTaskConfig, run_downstream, run_on_splits
+from renderssl.eval.tasks import DownstreamConfig, PointTaskConfig
+from renderssl.eval.transfer import run_downstream, run_on_splits
 from renderssl.eval.segmentation3d import evaluate_point_segmentation, train_point_segmentation
 from renderssl.export import build_encoder
 from renderssl.finetune import architecture_factory

@@ -154,16 +154,15 @@ def _config(args) -> None:
 
 
 def _finetune(args) -> None:
-    from .eval.downstream import DownstreamConfig
-    from .finetune import data_config_of, run_comparison, run_finetune, save_json
-    from .train.config import apply_overrides, from_dict
+    from .finetune import data_config_of, downstream_config_for, run_comparison, run_finetune, save_json
+    from .train.config import apply_overrides
 
     sections = apply_overrides({}, args.overrides)
     unknown = set(sections) - {"data", "downstream"}
     if unknown:
         raise InputError(f"finetune: overrides go to data.* or downstream.*, got {sorted(unknown)}")
     data_cfg = data_config_of(args.encoder, **sections.get("data", {}))
-    cfg = from_dict(DownstreamConfig, sections.get("downstream", {}), "downstream")
+    cfg = downstream_config_for(args.encoder, sections.get("downstream", {}))  # task and features from the encoder
     if args.compare:
         result = run_comparison(args.encoder, data_cfg, cfg, seeds=tuple(range(args.compare)))
         for name in ("pretrained", "scratch"):
@@ -249,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     _list_presets_in_help(conf)
 
     fin = verbs.add_parser("finetune", help="fine-tune an exported encoder on a downstream task")
-    fin.add_argument("encoder", help="exported encoder folder (renderssl export / <run>/encoder)")
-    fin.add_argument("overrides", nargs="*", help="downstream.task=depth, downstream.steps=300, data.test_scenes=8, ...")
+    fin.add_argument("encoder", help="exported encoder folder (renderssl export / <run>/encoder) or run folder, any architecture")
+    fin.add_argument("overrides", nargs="*", help="downstream.task=depth, downstream.steps=300, data.test_scenes=8, ... "
+                     "(default task: segmentation for vit/resnet, segmentation3d for sparse_unet/pointnet2)")
     fin.add_argument("--scratch", action="store_true", help="same architecture, fresh initialisation")
     fin.add_argument("--compare", type=int, default=0, metavar="SEEDS", help="pretrained vs scratch over SEEDS seeds")
     fin.add_argument("--out", help="write the result as JSON")
@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("items", nargs="*", help="encoder or run folders, then key=value overrides (downstream.steps=100, ...)")
     cmp.add_argument("--architectures", default="", help="scratch-only entries, e.g. sparse_unet:small,pointnet2:small")
     cmp.add_argument("--names", default="", help="comma-separated labels (default: each encoder's recipe)")
-    cmp.add_argument("--tasks", default="segmentation,depth", help="segmentation, depth, classification, segmentation3d")
+    cmp.add_argument("--tasks", default="", help="segmentation, depth, classification, segmentation3d (default: "
+                     "segmentation,depth for vit/resnet encoders, segmentation3d for sparse_unet/pointnet2)")
     cmp.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0", help="label fractions of the training scenes")
     cmp.add_argument("--seeds", type=int, default=3)
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")

@@ -1,13 +1,26 @@
 """``renderssl compare``: pretrained encoders side by side against the same encoder from scratch.
 
-Every encoder (an exported encoder folder, or a ``renderssl pretrain`` run folder) and a scratch
-baseline of the first encoder's architecture (plus one scratch entry per ``architectures`` spec such
-as ``sparse_unet:small``) is fine-tuned on the same downstream task, with the same
-train/test scenes, label subsets, budget and seeds, at each label fraction; scores are taken on the
-held-out test scenes. The test scenes are checked against every encoder's pretraining scenes: an
-encoder that saw a test scene in pretraining is refused. Writes ``results.json`` (the compared metric
-per run under ``runs``, every scalar metric per run under ``all_metrics``), ``comparison.md``
-(one table per task) and ``<task>.png`` (metric vs label fraction, one line per method, +/- one std).
+Every encoder (an exported encoder folder, or a ``renderssl pretrain`` run folder) of any of the four
+export architectures, a scratch baseline, and one scratch entry per ``architectures`` spec such as
+``sparse_unet:small`` are fine-tuned on the same downstream tasks, with the same train/test scenes,
+label subsets, budget and seeds, at each label fraction; scores are taken on the held-out test scenes.
+The test scenes are checked against every encoder's pretraining scenes: an encoder that saw a test
+scene in pretraining is refused. Writes ``results.json`` (the compared metric per run under ``runs``,
+every scalar metric per run under ``all_metrics``, the entries each task ran under ``entries``),
+``comparison.md`` (one table per task) and ``<task>.png`` (metric vs label fraction, one line per
+method, +/- one std).
+
+Choices:
+
+* Tasks follow the encoders (:func:`renderssl.eval.tasks.assign_tasks`): without ``tasks``, image
+  encoders (ViT, ResNet) get ``segmentation`` and ``depth``, point encoders (SparseUNet, PointNet++)
+  ``segmentation3d``; a mix of the two families shares no task and is refused unless ``tasks`` names
+  them, and each named task then runs on the entries of its family. A task no entry takes, or an entry
+  (scratch entries included) that takes none of the tasks, is an error naming both; everything is
+  checked before any training.
+* The scratch baseline is the architecture and config of the first encoder of each family, named
+  ``scratch`` when the encoders are of one family, else ``scratch (<architecture>)``.
+* Entry names must be unique (``names`` gives labels when two encoders share a recipe).
 """
 
 from __future__ import annotations
@@ -16,13 +29,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .data.build import load_split, split_range
 from .errors import InputError
-from .eval.downstream import DownstreamConfig, run_on_splits
 from .eval.report import markdown_table, plot_metric
-from .export import POINT_ARCHITECTURES, read_encoder_info
-from .finetune import architecture_factory, data_config_of, encoder_factory
+from .eval.tasks import DownstreamConfig, architecture_family, assign_tasks
+from .eval.transfer import run_on_splits
+from .export import read_encoder_info
+from .finetune import architecture_factory, data_config_of, encoder_factory, resolve_encoder
 from .train.config import DataConfig, from_dict, to_dict
 
 TASK_METRIC = {
@@ -38,7 +53,7 @@ class CompareConfig:
     encoders: list[str] = field(default_factory=list)  # exported encoder folders or pretraining run folders
     architectures: list[str] = field(default_factory=list)  # scratch-only entries, "<architecture>:<preset>"
     names: list[str] = field(default_factory=list)  # default: the recipe each encoder was pretrained with
-    tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth"])
+    tasks: list[str] = field(default_factory=list)  # empty: the encoders' family defaults (module docstring)
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
     seeds: int = 3
     scratch: bool = True
@@ -56,12 +71,6 @@ class CompareConfig:
             raise InputError(f"compare.tasks: unknown {bad}; expected some of {list(TASK_METRIC)}")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions) or self.seeds < 1:
             raise InputError("compare: fractions must lie in (0, 1] and seeds must be >= 1")
-
-
-def resolve_encoder(path) -> Path:
-    """A run folder stands for its exported ``encoder/``."""
-    path = Path(path)
-    return path / "encoder" if (path / "encoder" / "encoder.json").is_file() else path
 
 
 def pretraining_scene_ids(info: dict) -> set | None:
@@ -93,37 +102,77 @@ def summarise(values: list[float]) -> tuple[float, float, int]:
     return mean, std, n
 
 
+@dataclass
+class Entry:
+    """One line of the comparison: a label, a factory of fresh encoders, and their architecture."""
+
+    name: str
+    factory: Callable
+    architecture: str
+
+
+def build_entries(cfg: CompareConfig, encoders: list[Path]) -> list[Entry]:
+    """The encoders, the scratch baselines (first encoder of each family) and the scratch specs."""
+    infos = [read_encoder_info(p) for p in encoders]
+    names = cfg.names or [str((info.get("pretraining") or {}).get("method", p.name)) for info, p in zip(infos, encoders)]
+    entries = [Entry(name, encoder_factory(path), info["architecture"]) for name, path, info in zip(names, encoders, infos)]
+    if cfg.scratch:
+        first = {}  # family -> (path, architecture) of its first encoder
+        for path, info in zip(encoders, infos):
+            first.setdefault(architecture_family(info["architecture"]), (path, info["architecture"]))
+        for path, architecture in first.values():
+            name = "scratch" if len(first) == 1 else f"scratch ({architecture})"
+            entries.append(Entry(name, encoder_factory(path, scratch=True), architecture))
+    point_fields = {"in_channels": cfg.downstream.points.in_channels}
+    for spec in cfg.architectures:
+        architecture = spec.split(":")[0]
+        fields = point_fields if architecture_family_or_none(architecture) == "points" else {}
+        entries.append(Entry(f"{spec} (scratch)", architecture_factory(spec, **fields), architecture))
+    seen = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise InputError(f"compare: two entries are named {entry.name!r}; give each encoder a label with --names")
+        seen.add(entry.name)
+    return entries
+
+
+def architecture_family_or_none(architecture: str) -> str | None:
+    """The family of a spec's architecture, None for an unknown one (architecture_factory reports it)."""
+    try:
+        return architecture_family(architecture)
+    except InputError:
+        return None
+
+
 def run_compare(cfg: CompareConfig, log=print) -> dict:
     encoders = [resolve_encoder(p) for p in cfg.encoders]
-    names = cfg.names or [str((read_encoder_info(p).get("pretraining") or {}).get("method", p.name)) for p in encoders]
+    entries = build_entries(cfg, encoders)
+    plan = assign_tasks({e.name: e.architecture for e in entries}, cfg.tasks)  # task -> entry names; checks fit
     data = cfg.data or (data_config_of(encoders[0]) if encoders else DataConfig())
     check_held_out(encoders, data)
-    entries = [(name, encoder_factory(path)) for name, path in zip(names, encoders)]
-    if cfg.scratch and encoders:
-        entries.append(("scratch", encoder_factory(encoders[0], scratch=True)))
-    point_fields = {"in_channels": cfg.downstream.points.in_channels}
-    entries += [(f"{spec} (scratch)", architecture_factory(spec, **(point_fields if spec.split(":")[0] in POINT_ARCHITECTURES else {})))
-                for spec in cfg.architectures]
     train_all, test = load_split(data, "train"), load_split(data, "test")
     out = Path(cfg.out_dir)
     results = {"config": to_dict(cfg), "data": to_dict(data), "tasks": {}}
     report = []
     start = time.perf_counter()
-    for task in cfg.tasks:
+    for task, names in plan.items():
         key, label = TASK_METRIC[task]
-        runs = {name: {f: [] for f in cfg.fractions} for name, _ in entries}
-        scores = {name: {str(f): [] for f in cfg.fractions} for name, _ in entries}  # every scalar metric
+        task_entries = [e for e in entries if e.name in names]
+        runs = {e.name: {f: [] for f in cfg.fractions} for e in task_entries}
+        scores = {e.name: {str(f): [] for f in cfg.fractions} for e in task_entries}  # every scalar metric
         for fraction in cfg.fractions:
             for seed in range(cfg.seeds):
                 ds = from_dict(DownstreamConfig, {**to_dict(cfg.downstream), "task": task, "label_fraction": fraction, "seed": seed})
-                for name, factory in entries:
-                    metrics = run_on_splits(factory, train_all, test, ds)["metrics"]
+                for entry in task_entries:
+                    name = entry.name
+                    metrics = run_on_splits(entry.factory, train_all, test, ds)["metrics"]
                     value = metrics[key]
                     runs[name][fraction].append(value)
                     scores[name][str(fraction)].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     log(f"{task} {100 * fraction:g}% labels seed {seed} {name}: {key} {value:.4f} ({time.perf_counter() - start:.0f} s)")
         rows = {name: {f: summarise(v) for f, v in by_f.items()} for name, by_f in runs.items()}
-        results["tasks"][task] = {"metric": key, "runs": {n: {str(f): v for f, v in r.items()} for n, r in runs.items()},
+        results["tasks"][task] = {"metric": key, "entries": names,
+                                  "runs": {n: {str(f): v for f, v in r.items()} for n, r in runs.items()},
                                   "all_metrics": scores}
         report.append(markdown_table(rows, cfg.fractions, label))
         plot_metric(rows, cfg.fractions, label, out / f"{task}.png")

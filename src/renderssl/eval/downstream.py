@@ -1,5 +1,12 @@
-"""Downstream transfer: fine-tune or linearly probe an encoder on labelled scenes, score it on held-out
-scenes, and compare it with the same encoder trained from scratch on the same labels and budget.
+"""Downstream transfer on images: fine-tune or linearly probe an image encoder (ViT, ResNet) on the 2D
+tasks of labelled scenes and score it on held-out scenes.
+
+The task names and configs live in :mod:`.tasks`, the optimiser, schedule, batch order and model base
+shared with the 3D task in :mod:`.finetuning`, the label subsets and held-out check in :mod:`.splits`,
+and the runs on data splits and the scratch comparison (which dispatch to this module or to
+:mod:`.segmentation3d` by task) in :mod:`.transfer`. This module imports none of :mod:`.segmentation3d`
+and :mod:`.transfer`; it re-exports the shared names it used to define (``DownstreamConfig``,
+``select_label_fraction``, ``param_groups``, ...), so they stay importable from here.
 
 Design choices
 --------------
@@ -13,58 +20,34 @@ Tasks and labels (:class:`TaskFrames`)
   The number of classes is ``cfg.num_classes`` if given, else ``len(class_names)`` of the first training
   scene, else the largest training label + 1. Images reach the encoder as the data layer gives them
   (float in [0, 1]), the same input pretraining sees: no extra normalisation.
-  * ``segmentation3d``: per-point semantic ids of scene point clouds; see :mod:`.segmentation3d`
-    (configured by ``DownstreamConfig.points``). It shares splits, label fractions, optimiser,
-    schedule and scratch comparison with the image tasks.
 Streaming
   Frames are read through :class:`TaskFrames` (a :class:`~renderssl.data.scenes.SceneList` over the
   split's scene references, so scenes are opened and frames decoded when a batch needs them, within
   the list's cache budgets) and batched by a DataLoader (``workers`` processes); nothing holds a split
   in memory. The head's set-up (class count without class names, the depth head's starting depth)
   takes one streamed pass over the training targets.
-Modes
-  * ``linear``: the encoder is frozen (``requires_grad_(False)``, kept in eval mode even when the model
-    is put in train mode, features computed under ``no_grad``); only the head trains. For
-    classification that is MAE's linear probe; for the dense tasks the "probe" is the light head of
-    :mod:`renderssl.eval.heads`.
-  * ``finetune``: encoder and head train together.
-  Both modes use the engine's optimiser and schedule code (:mod:`renderssl.train.optim`,
-  :mod:`renderssl.train.schedule`) through :func:`optim_config` and :func:`build_optimization`: AdamW
-  (betas 0.9, 0.999, eps 1e-8) with a per-step schedule, linear warm-up over ``warmup`` steps to ``lr``,
-  then a half-cycle cosine to 0 (MAE's fine-tuning schedule, counted in steps, not epochs). The warm-up
-  is ``lr (t + 1) / warmup`` (``warmup_from_zero: false``), so the first step already moves, unlike
-  pretraining's MAE warm-up that starts at 0. Weight decay skips 1-D parameters (biases, norms) and
-  tokens/position embeddings, by name (MAE's rule, passed as ``skip``), plus whatever the shared rule
-  adds (names ending in ``.bias``, names a module lists in ``no_weight_decay()``).
-  Layer-wise lr decay (MAE/BEiT): with L ViT blocks, the patch embedding, class token and position
-  embedding are layer 0, block i is layer i + 1, everything after (final norm, head) is layer L + 1;
-  layer l gets ``lr * layer_decay ** (L + 1 - l)``: parameter groups ``layer_0`` .. ``layer_L`` of the
-  shared code (:func:`layer_groups`), layer L + 1 its default group. Encoders without ``blocks`` (and
-  ``layer_decay`` 1) get scale 1 everywhere, i.e. the default group only.
-  The only augmentation is a random horizontal flip (``hflip``) of image and target together.
+Modes, optimiser, schedule
+  ``linear`` (frozen encoder, the head alone) and ``finetune`` as :mod:`.finetuning` describes; for
+  classification the linear mode is MAE's linear probe, for the dense tasks the "probe" is the light
+  head of :mod:`renderssl.eval.heads`. The only augmentation is a random horizontal flip (``hflip``) of
+  image and target together.
 Encoder access
-  Everything goes through :func:`encoder_features` (dense maps: ``patch_features`` if the encoder has it,
-  else a 4-D ``forward_features``, e.g. a ResNet trunk; global vectors: ``forward``) and
-  :func:`encoder_dim` (``embed_dim`` or ``num_features``), so a new encoder family needs no other change.
+  Everything goes through :func:`encoder_features` and :func:`encoder_dim`, so a new encoder family
+  needs no other change. Dense maps: ``patch_features`` if the encoder has it (ViT: the patch-token map
+  (B, D, H/p, W/p)), else ``forward_features``; when that returns a list of stage maps (ResNet: strides
+  4, 8, 16, 32), the last, deepest one (B, C4, H/32, W/32), whose width is the encoder's
+  ``num_features`` (the pooled feature's). The dense heads upsample it to full resolution; no
+  multi-scale (FPN) head is provided, so at 32x32 a ResNet's map is 1x1. Global vectors: ``forward``
+  (ViT: the class token; ResNet: the average-pooled last stage). Width: ``embed_dim``, else
+  ``num_features``.
 Determinism and isolation
   ``train_downstream`` deep-copies the encoder (the caller's weights are never modified), initialises
   the head under ``torch.random.fork_rng`` seeded with ``cfg.seed`` (the global RNG is left as it was),
   and draws batches and flips from a ``torch.Generator`` seeded with ``cfg.seed``: one cfg, one result
   (on a given device). Batches walk through successive random permutations of the training frames.
-Splits (``run_downstream``)
-  Train on ``select_label_fraction(train split, label_fraction, seed)`` and score on the TEST split
-  only; :func:`check_disjoint_scenes` raises if a scene name is in both (or a name is missing). The label
-  subset is the first ``n = max(1, round(fraction * scenes))`` scenes of a seeded permutation, kept in
-  split order, so for one seed smaller fractions are subsets of larger ones.
-  The encoder factory is called under ``fork_rng`` seeded with ``cfg.seed``, so a scratch encoder's
-  initialisation is deterministic too and differs between seeds.
-Scratch comparison (``compare_with_scratch``)
-  Pretrained and scratch runs share splits, label subset, head init, batches and budget per seed; the
-  summary gives per-seed metrics and the mean and sample standard deviation (ddof 1; 0 for one seed)
-  of every scalar metric, and ``delta`` = pretrained mean - scratch mean.
 Metrics (``evaluate_downstream``)
   segmentation: ``miou``, ``overall_acc``, ``mean_class_acc`` (+ per-class ``iou``) from
-  :class:`SegmentationMeter`; depth: every key of :data:`DEPTH_KEYS` (``abs_rel``, ``rmse``, ``delta1``,
+  :class:`SegmentationScores`; depth: every key of :data:`DEPTH_KEYS` (``abs_rel``, ``rmse``, ``delta1``,
   ...) from :class:`DepthMeter` on raw metric predictions (no median scaling); classification: ``top1``
   over frames.
 """
@@ -73,119 +56,32 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.build import load_split
 from ..data.datasets import FrameIndex
-from ..data.points import PointAugmentConfig
 from ..data.scenes import SceneList
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
-from ..methods.base import ParamGroup
-from ..train.config import DataConfig, OptimConfig
 from ..train.distributed import resolve_device
-from ..train.optim import build_optimizer
-from ..train.optim import param_groups as shared_param_groups
-from ..train.schedule import StepSchedule, build_scheduler, lr_at_step
-from .heads import HEAD_CHANNELS, DepthHead, LinearClassifier, SegmentationHead
-from .metrics import DEPTH_KEYS, DepthMeter, SegmentationMeter
-
-TASKS = ("segmentation", "depth", "classification", "segmentation3d")
-POINT_TASKS = ("segmentation3d",)
-POINT_FEATURES = {"color": ("colors",), "color_normal": ("colors", "normals")}  # input features -> cloud fields
-MODES = ("finetune", "linear")
-DENSE_TASKS = ("segmentation", "depth")
-IMAGE_TASKS = DENSE_TASKS + ("classification",)
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "dist_token")
-EMBEDDING_PREFIXES = ("cls_token", "mask_token", "pos_embed", "patch_embed")
-
-
-@dataclass
-class PointTaskConfig:
-    """How scenes become training and test clouds for the point tasks (:mod:`.segmentation3d`)."""
-
-    features: str = "color_normal"  # color | color_normal: the encoder's input channels (3 | 6)
-    frame_stride: int = 1  # every k-th pixel of every frame when a scene's RGB-D frames are fused
-    grid_size: float = 0.02  # train-time random grid sampling, scene units (Pointcept GridSample); 0 = off
-    max_points: int = 0  # cap on points per training cloud after grid sampling; 0 = no cap
-    augment: PointAugmentConfig = field(default_factory=PointAugmentConfig)
-
-    def __post_init__(self):
-        if self.features not in POINT_FEATURES:
-            raise InputError(f"PointTaskConfig.features: expected one of {list(POINT_FEATURES)}, got {self.features!r}")
-        if self.frame_stride < 1 or self.grid_size < 0 or self.max_points < 0:
-            raise InputError("PointTaskConfig: frame_stride must be >= 1, grid_size and max_points >= 0")
-
-    @property
-    def in_channels(self) -> int:
-        """Input channels the features give a 3D encoder (3 per field: colours, normals)."""
-        return 3 * len(POINT_FEATURES[self.features])
-
-
-@dataclass
-class DownstreamConfig:
-    """One downstream run. Build from YAML with ``train.config.from_dict(DownstreamConfig, data)``."""
-
-    task: str = "segmentation"  # segmentation | depth | classification
-    mode: str = "finetune"  # finetune | linear (frozen encoder)
-    steps: int = 200
-    batch_size: int = 16
-    lr: float = 5e-4  # peak learning rate (absolute)
-    weight_decay: float = 0.05
-    warmup: int = 20  # warm-up steps
-    layer_decay: float = 1.0  # MAE layer-wise lr decay on ViT blocks; 1.0 = off
-    label_fraction: float = 1.0  # fraction of the train scenes whose labels are used (>= 1 scene)
-    seed: int = 0
-    eval_batch_size: int = 32
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    hflip: bool = True  # random horizontal flips of training frames
-    head_channels: int = HEAD_CHANNELS  # width of the dense heads' trunk
-    num_classes: int | None = None  # None = len(class_names) of the training scenes
-    workers: int = 0  # DataLoader worker processes decoding frames
-    points: PointTaskConfig = field(default_factory=PointTaskConfig)  # point tasks only
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        def bad(name: str, why: str):
-            raise InputError(f"DownstreamConfig.{name}: {why} (got {getattr(self, name)!r})")
-
-        if self.task not in TASKS:
-            bad("task", f"expected one of {TASKS}")
-        if self.mode not in MODES:
-            bad("mode", f"expected one of {MODES}")
-        if self.steps < 1:
-            bad("steps", "must be >= 1")
-        if self.batch_size < 2:
-            bad("batch_size", "must be >= 2 (the heads' BatchNorm needs two samples)")
-        if self.eval_batch_size < 1:
-            bad("eval_batch_size", "must be >= 1")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.warmup < 0:
-            bad("warmup", "must be >= 0")
-        if not 0 < self.layer_decay <= 1:
-            bad("layer_decay", "must lie in (0, 1]")
-        if not 0 < self.label_fraction <= 1:
-            bad("label_fraction", "must lie in (0, 1]")
-        if self.head_channels < 1:
-            bad("head_channels", "must be >= 1")
-        if self.num_classes is not None and self.num_classes < 1:
-            bad("num_classes", "must be >= 1")
+from .finetuning import (  # re-exported (__all__): importable from here as before
+    EMBEDDING_PREFIXES, NO_DECAY_NAMES, SegmentationScores, TaskModel, batch_schedule, build_optimization,
+    encoder_layer_id, layer_groups, learning_rate, no_decay_names, optim_config, param_groups, uses_weight_decay,
+)
+from .heads import DepthHead, LinearClassifier, SegmentationHead
+from .metrics import DEPTH_KEYS, DepthMeter
+from .splits import check_disjoint_scenes, select_label_fraction  # re-exported
+from .tasks import (  # re-exported
+    DENSE_TASKS, IMAGE_TASKS, MODES, POINT_FEATURES, POINT_TASKS, TASKS, DownstreamConfig, PointTaskConfig,
+)
 
 
 # ==================================================================================================
-# Data: frames, labels, label fractions, splits
+# Data: frames and labels
 # ==================================================================================================
 class TaskFrames(Dataset):
     """Every frame of ``scenes`` (ViewSets or lazily opened SceneRefs) with the task's target, decoded
@@ -258,28 +154,6 @@ def scene_class(labels: Tensor, name: str) -> Tensor:
     return torch.bincount(labels).argmax()
 
 
-def select_label_fraction(viewsets: list[ViewSet], fraction: float, seed: int) -> list[ViewSet]:
-    """The scenes whose labels are used: ``max(1, round(fraction * len))`` of them, drawn by a seeded
-    permutation and returned in their original order (nested across fractions for one seed)."""
-    if not 0 < fraction <= 1:
-        raise InputError(f"label_fraction must lie in (0, 1], got {fraction}")
-    if not viewsets:
-        raise InputError("select_label_fraction: no scenes given")
-    n = max(1, int(math.floor(fraction * len(viewsets) + 0.5)))
-    order = torch.randperm(len(viewsets), generator=torch.Generator().manual_seed(int(seed)))
-    keep = order[:n].sort().values.tolist()
-    return [viewsets[i] for i in keep]
-
-
-def check_disjoint_scenes(train: list[ViewSet], test: list[ViewSet]) -> None:
-    """Raise :class:`InputError` if a scene is unnamed or named in both ``train`` and ``test``."""
-    if any(not v.name for v in list(train) + list(test)):
-        raise InputError("downstream: every scene needs a name to prove train and test are disjoint")
-    shared = sorted({v.name for v in train} & {v.name for v in test})
-    if shared:
-        raise InputError(f"downstream: test scenes also used for training: {shared}")
-
-
 def infer_num_classes(frames: TaskFrames, stats: "TargetStats", cfg: DownstreamConfig) -> int:
     """Classes of the task: ``cfg.num_classes``, else the scenes' class_names, else max label + 1."""
     if cfg.num_classes is not None:
@@ -319,24 +193,35 @@ class TargetStats:
 # Encoder adapter and the downstream model
 # ==================================================================================================
 def encoder_features(encoder: nn.Module, images: Tensor, dense: bool) -> Tensor:
-    """The one place that touches an encoder. (B, 3, H, W) -> (B, C, h, w) if ``dense`` else (B, D)."""
+    """The one place that touches an encoder. (B, 3, H, W) -> (B, C, h, w) if ``dense`` else (B, D).
+
+    Dense: ``patch_features``, else ``forward_features``; a list of stage maps (ResNet) gives its last,
+    deepest map (B, num_features, H/32, W/32). Global: ``forward``.
+    """
+    name = type(encoder).__name__
     if dense:
         fn = getattr(encoder, "patch_features", None) or getattr(encoder, "forward_features", None)
         if fn is None:
-            raise InputError(f"{type(encoder).__name__}: dense tasks need patch_features or forward_features")
+            raise InputError(f"{name}: dense tasks need patch_features or forward_features")
         out = fn(images)
+        if isinstance(out, (list, tuple)):  # stage maps, finest first
+            if not out:
+                raise InputError(f"{name}: forward_features returned no feature map")
+            out = out[-1]  # (B, C_last, h, w)
         expected = 4
     else:
         out = encoder(images)
         expected = 2
-    if out.ndim != expected:
+    if not isinstance(out, Tensor) or out.ndim != expected:
         kind = "(B, C, h, w) feature map" if dense else "(B, D) feature vector"
-        raise InputError(f"{type(encoder).__name__}: expected a {kind}, got {tuple(out.shape)}")
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(f"{name}: expected a {kind}, got {got}")
     return out
 
 
 def encoder_dim(encoder: nn.Module) -> int:
-    """Feature width of an encoder (``embed_dim`` as the ViT, or timm's ``num_features``)."""
+    """Feature width of :func:`encoder_features` (``embed_dim`` as the ViT and the ResNet, else timm's
+    ``num_features``)."""
     for name in ("embed_dim", "num_features"):
         value = getattr(encoder, name, None)
         if isinstance(value, int):
@@ -344,27 +229,9 @@ def encoder_dim(encoder: nn.Module) -> int:
     raise InputError(f"{type(encoder).__name__}: cannot tell its feature width (no embed_dim / num_features)")
 
 
-class DownstreamModel(nn.Module):
-    """Encoder + task head. ``forward`` gives what the loss compares (logits, or log depth for depth);
-    ``predict`` what the metrics compare (logits, or depth in metres)."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module, task: str, num_classes: int, frozen_encoder: bool):
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-        self.task = task
-        self.num_classes = num_classes
-        self.frozen_encoder = frozen_encoder
-        self.loss_history: list[float] = []
-        if frozen_encoder:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
-
-    def train(self, mode: bool = True) -> "DownstreamModel":
-        super().train(mode)
-        if self.frozen_encoder:
-            self.encoder.eval()  # a frozen encoder never updates BatchNorm statistics
-        return self
+class DownstreamModel(TaskModel):
+    """Image encoder + task head. ``forward`` gives what the loss compares (logits, or log depth for
+    depth); ``predict`` what the metrics compare (logits, or depth in metres)."""
 
     def features(self, images: Tensor) -> Tensor:
         dense = self.task in DENSE_TASKS
@@ -408,77 +275,8 @@ def build_head(task: str, dim: int, num_classes: int, channels: int, init_depth:
 
 
 # ==================================================================================================
-# Optimisation
+# Augmentation
 # ==================================================================================================
-def encoder_layer_id(name: str, num_blocks: int) -> int:
-    """MAE layer id of an encoder parameter: embeddings 0, ``blocks.i.*`` i + 1, the rest num_blocks + 1."""
-    if name.startswith(EMBEDDING_PREFIXES):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_blocks + 1
-
-
-def uses_weight_decay(name: str, param: Tensor) -> bool:
-    """MAE's fine-tuning rule: decay only parameters with ndim > 1 that are not tokens / position embeddings."""
-    return param.ndim > 1 and name.split(".")[-1] not in NO_DECAY_NAMES
-
-
-def no_decay_names(model: nn.Module) -> list[str]:
-    """Full names of ``model``'s parameters :func:`uses_weight_decay` exempts (the shared code's ``skip``)."""
-    return [name for name, param in model.named_parameters() if not uses_weight_decay(name, param)]
-
-
-def layer_groups(model: DownstreamModel, lr: float, layer_decay: float) -> list[ParamGroup]:
-    """Layer-wise lr decay as parameter groups: ``layer_l`` (prefixes of :func:`encoder_layer_id`'s layer
-    l = 0 .. L) at ``lr * layer_decay ** (L + 1 - l)``; layer L + 1 is left to the default group (``lr``).
-    Empty when the encoder has no ``blocks`` or ``layer_decay`` is 1 (every scale would be 1)."""
-    blocks = getattr(model.encoder, "blocks", None)
-    if blocks is None or layer_decay == 1:
-        return []
-    num_blocks = len(blocks)
-    embeddings = tuple(f"encoder.{p}" for p in EMBEDDING_PREFIXES)
-    groups = [ParamGroup("layer_0", embeddings, lr=lr * layer_decay ** (num_blocks + 1))]
-    for i in range(num_blocks):
-        groups.append(ParamGroup(f"layer_{i + 1}", (f"encoder.blocks.{i}.",), lr=lr * layer_decay ** (num_blocks - i)))
-    return groups
-
-
-def optim_config(cfg: DownstreamConfig) -> OptimConfig:
-    """Fine-tuning's optimiser and schedule in the engine's terms (see the module docstring)."""
-    return OptimConfig(name="adamw", lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8,
-                       schedule="cosine", warmup_steps=cfg.warmup, warmup_from_zero=False)
-
-
-def param_groups(model: DownstreamModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """The torch param groups fine-tuning uses, for a peak lr of 1: non-empty groups of the shared code
-    (``params``, ``names``, ``name``, ``decay``, ``weight_decay``) with ``lr_scale``, their lr / ``cfg.lr``."""
-    groups = shared_param_groups(model, weight_decay, no_decay_names(model), lr=1.0,
-                                 groups=layer_groups(model, 1.0, layer_decay))
-    return [{**{k: v for k, v in g.items() if k != "lr"}, "lr_scale": g["lr"]} for g in groups if g["params"]]
-
-
-def build_optimization(model: nn.Module, cfg: DownstreamConfig) -> tuple[torch.optim.Optimizer, StepSchedule]:
-    """AdamW over ``model``'s trainable parameters and its schedule; step the schedule after every optimizer step."""
-    ocfg = optim_config(cfg)
-    groups = layer_groups(model, cfg.lr, cfg.layer_decay)
-    optimizer = build_optimizer(model, ocfg, total_batch=cfg.batch_size, groups=groups, skip=no_decay_names(model))
-    return optimizer, build_scheduler(optimizer, ocfg, cfg.steps)
-
-
-def learning_rate(step: int, cfg: DownstreamConfig) -> float:
-    """lr of step ``step`` (0-based) at layer scale 1: warm-up ``lr (step + 1) / warmup``, then cosine to 0."""
-    return lr_at_step(step, cfg.lr, 0.0, cfg.warmup, cfg.steps, from_zero=False)
-
-
-def batch_schedule(num_frames: int, cfg: DownstreamConfig, generator: torch.Generator) -> Tensor:
-    """(steps, batch_size) frame indices walking through successive random permutations."""
-    total = cfg.steps * cfg.batch_size
-    epochs = -(-total // num_frames)
-    order = torch.cat([torch.randperm(num_frames, generator=generator) for _ in range(epochs)])
-    return order[:total].view(cfg.steps, cfg.batch_size)
-
-
 def random_hflip(images: Tensor, targets: Tensor, dense: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Flip each sample left-right with probability 1/2 (dense targets flip with their image)."""
     flip = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
@@ -561,15 +359,6 @@ class Top1Meter:
         return {"top1": self.correct / self.count if self.count else math.nan}
 
 
-class SegmentationScores(SegmentationMeter):
-    """SegmentationMeter whose ``compute`` keeps the scalar scores and per-class IoU as a list."""
-
-    def compute(self) -> dict:
-        out = super().compute()
-        return {"miou": out["miou"], "overall_acc": out["overall_acc"], "mean_class_acc": out["mean_class_acc"],
-                "iou": out["iou"].tolist()}
-
-
 def make_meter(model: DownstreamModel):
     if model.task == "segmentation":
         return SegmentationScores(model.num_classes)
@@ -578,79 +367,14 @@ def make_meter(model: DownstreamModel):
     return Top1Meter()
 
 
-# ==================================================================================================
-# Runs on data splits, and the scratch comparison
-# ==================================================================================================
-EncoderFactory = Callable[[], nn.Module]
-
-
-def run_downstream(encoder_factory: EncoderFactory, data_cfg: DataConfig, cfg: DownstreamConfig) -> dict:
-    """Train on a label fraction of the train split, score on the test split.
-
-    Returns ``{"metrics": {...}, "train_scenes": [names], "test_scenes": [names], "task", "mode", "seed"}``.
-    """
-    train_all, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
-    return run_on_splits(encoder_factory, train_all, test, cfg)
-
-
-def run_on_splits(encoder_factory: EncoderFactory, train_all: list[ViewSet], test: list[ViewSet],
-                  cfg: DownstreamConfig) -> dict:
-    check_disjoint_scenes(train_all, test)
-    train = select_label_fraction(train_all, cfg.label_fraction, cfg.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        encoder = encoder_factory()
-    if cfg.task in POINT_TASKS:
-        from .segmentation3d import evaluate_point_segmentation, train_point_segmentation
-
-        metrics = evaluate_point_segmentation(train_point_segmentation(encoder, train, cfg), test, cfg)
-    else:
-        metrics = evaluate_downstream(train_downstream(encoder, train, cfg), test, cfg)
-    return {
-        "metrics": metrics,
-        "train_scenes": [v.name for v in train],
-        "test_scenes": [v.name for v in test],
-        "task": cfg.task, "mode": cfg.mode, "seed": cfg.seed,
-    }
-
-
-def compare_with_scratch(pretrained_factory: EncoderFactory, scratch_factory: EncoderFactory, data_cfg: DataConfig,
-                         cfg: DownstreamConfig, seeds=(0, 1, 2)) -> dict:
-    """Both encoders under the same splits, label subsets, budget and seeds.
-
-    Returns ``{"seeds": [...], "pretrained": summary, "scratch": summary, "delta": {metric: mean
-    difference}}`` with ``summary = {"runs": [run_downstream result per seed], "mean": {...}, "std": {...}}``.
-    """
-    if not seeds:
-        raise InputError("compare_with_scratch: give at least one seed")
-    train_all, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
-    out = {"seeds": list(seeds)}
-    for label, factory in (("pretrained", pretrained_factory), ("scratch", scratch_factory)):
-        runs = [run_on_splits(factory, train_all, test, with_seed(cfg, s)) for s in seeds]
-        out[label] = summarise_runs(runs)
-    out["delta"] = {k: out["pretrained"]["mean"][k] - out["scratch"]["mean"][k] for k in out["pretrained"]["mean"]}
-    return out
-
-
-def with_seed(cfg: DownstreamConfig, seed: int) -> DownstreamConfig:
-    new = copy.copy(cfg)
-    new.seed = int(seed)
-    return new
-
-
-def summarise_runs(runs: list[dict]) -> dict:
-    """Mean and sample std (ddof 1; 0 for one run) of every scalar metric over runs."""
-    keys = [k for k, v in runs[0]["metrics"].items() if isinstance(v, float)]  # counts are ints, iou a list
-    values = {k: torch.tensor([r["metrics"][k] for r in runs], dtype=torch.float64) for k in keys}
-    return {
-        "runs": runs,
-        "mean": {k: float(v.mean()) for k, v in values.items()},
-        "std": {k: float(v.std()) if v.numel() > 1 else 0.0 for k, v in values.items()},
-    }
-
-
 __all__ = [
-    "DEPTH_KEYS", "DownstreamConfig", "DownstreamModel", "MODES", "TASKS", "check_disjoint_scenes",
-    "compare_with_scratch", "encoder_dim", "encoder_features", "evaluate_downstream", "frames_from_scenes",
-    "learning_rate", "param_groups", "run_downstream", "scene_class", "select_label_fraction", "train_downstream",
+    # this module
+    "DEPTH_KEYS", "DownstreamModel", "TaskFrames", "TargetStats", "Top1Meter", "build_head", "build_model",
+    "encoder_dim", "encoder_features", "evaluate_downstream", "frames_from_scenes", "infer_num_classes",
+    "make_meter", "quiet_generator", "random_hflip", "scene_class", "train_downstream",
+    # re-exported from .tasks, .splits and .finetuning
+    "DENSE_TASKS", "DownstreamConfig", "EMBEDDING_PREFIXES", "IMAGE_TASKS", "MODES", "NO_DECAY_NAMES", "POINT_FEATURES",
+    "POINT_TASKS", "PointTaskConfig", "SegmentationScores", "TASKS", "TaskModel", "batch_schedule",
+    "build_optimization", "check_disjoint_scenes", "encoder_layer_id", "layer_groups", "learning_rate",
+    "no_decay_names", "optim_config", "param_groups", "select_label_fraction", "uses_weight_decay",
 ]

@@ -1,6 +1,10 @@
 """Downstream 3D semantic segmentation: a 3D encoder (SparseUNet, PointNet++) plus a linear head on
 per-point labels, fine-tuned (or probed) on training scenes and scored on held-out scenes.
 
+Configs and task names come from :mod:`.tasks`, the model base, optimiser, schedule, batch order and
+scores shared with the 2D tasks from :mod:`.finetuning`; :mod:`.transfer` dispatches runs here. This
+module imports neither :mod:`.downstream` (the 2D trainer) nor :mod:`.transfer`.
+
 Design choices
 --------------
 Scenes -> clouds
@@ -8,7 +12,7 @@ Scenes -> clouds
   ``label`` field, :func:`~renderssl.data.formats.read_ply`) or a :class:`ViewSet` with depth and
   semantic maps, fused into one cloud by :func:`~renderssl.data.points.fuse_frames` (every
   ``frame_stride``-th pixel of every frame). Train and test splits are disjoint sets of scenes, as in
-  the 2D tasks (:func:`~renderssl.eval.downstream.check_disjoint_scenes`).
+  the 2D tasks (:func:`~renderssl.eval.splits.check_disjoint_scenes`).
 Input features
   ``color`` (3) or ``color_normal`` (6, PonderV2's and Pointcept's ScanNet input); the encoder's
   ``in_channels`` must match. Coordinates reach the encoder as positions only (voxel coordinates for
@@ -47,9 +51,8 @@ from ..data.scenes import open_scene
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
-from .downstream import (
-    POINT_FEATURES, DownstreamConfig, DownstreamModel, PointTaskConfig, SegmentationScores, batch_schedule, build_optimization,
-)
+from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization
+from .tasks import POINT_FEATURES, DownstreamConfig, PointTaskConfig
 
 
 def scene_cloud(scene, cfg: PointTaskConfig) -> PointCloud:
@@ -88,7 +91,7 @@ def point_batch(samples: list[dict], cfg: PointTaskConfig) -> dict:
     return batch
 
 
-class PointSegmentationModel(DownstreamModel):
+class PointSegmentationModel(TaskModel):
     """3D encoder + linear head: (N, 3) points, (N, C) features, (B,) offsets -> (N, K) logits."""
 
     def features(self, batch: dict) -> Tensor:
