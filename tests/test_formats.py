@@ -119,9 +119,10 @@ def test_scannet_size_mismatch_without_depth_intrinsics(tmp_path, vs):
     root = write_scannet(vs, tmp_path / "s")
     (root / "intrinsic" / "intrinsic_depth.txt").unlink()
     Image.new("RGB", (2 * W, 2 * H)).save(root / "color" / "1.png")
-    with pytest.raises(InputError) as e:
-        read_scannet(root)
-    msg = str(e.value)
+    with pytest.warns(UserWarning, match="skipped 1 frame"):
+        out = read_scannet(root)  # one bad frame is skipped, not the scene
+    assert "1" not in out.frame_names and len(out.skipped) == 1
+    msg = out.skipped[0]
     assert "color/1.png" in msg and "depth/1.png" in msg and f"{2 * W}x{2 * H}" in msg and f"{W}x{H}" in msg
     assert "intrinsic_depth.txt" in msg
 
@@ -415,12 +416,13 @@ def test_missing_scene_folder(tmp_path, fmt):
 def test_scannet_missing_pieces(tmp_path, vs):
     root = write_scannet(vs, tmp_path / "s")
     (root / "pose" / "2.txt").unlink()
-    with pytest.raises(InputError, match=r"pose/2\.txt: matrix file not found"):
-        read_scannet(root)
+    with pytest.warns(UserWarning, match=r"skipped 1 frame.*pose/2\.txt: matrix file not found"):
+        assert "2" not in read_scannet(root).frame_names  # one frame skipped and named, not the scene
     root = write_scannet(vs, tmp_path / "s2")
     (root / "depth" / "1.png").unlink()
-    with pytest.raises(InputError, match=r"depth/1\.png: image not found"):
-        read_scannet(root)
+    with pytest.warns(UserWarning, match=r"skipped 1 frame.*depth/1\.png: image not found"):
+        out = read_scannet(root)
+    assert "1" not in out.frame_names and out.depth is not None  # the other frames keep their depth
     for f in (root / "intrinsic").iterdir():
         f.unlink()
     with pytest.raises(InputError, match=r"intrinsic_color\.txt: intrinsics not found"):
@@ -432,7 +434,12 @@ def test_corrupt_image(tmp_path, vs, fmt):
     write_viewset(vs, tmp_path / "x", fmt)
     target = {"scannet": "color/1.png", "7scenes": "frame-000001.color.png", "blender": "images/000001.png"}[fmt]
     (tmp_path / "x" / target).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(InputError, match=rf"{target.replace('.', '[.]')}: cannot read image"):
+    pattern = rf"{target.replace('.', '[.]')}: cannot read image"
+    if fmt == "scannet":  # read frame by frame: the frame is skipped and named
+        with pytest.warns(UserWarning, match=rf"skipped 1 frame.*{pattern}"):
+            assert len(read_viewset(tmp_path / "x")) == len(vs) - 1
+        return
+    with pytest.raises(InputError, match=pattern):
         read_viewset(tmp_path / "x")
 
 
@@ -487,10 +494,10 @@ def test_scannet_real_style_inf_pose(tmp_path, vs):
 def test_malformed_text_files(tmp_path, vs):
     root = write_scannet(vs, tmp_path / "s")
     (root / "pose" / "1.txt").write_text("1 0 0\n0 1 zero\n")
-    with pytest.raises(InputError, match=r"pose/1\.txt: cannot read numbers"):
+    with pytest.warns(UserWarning, match=r"pose/1\.txt: cannot read numbers"):  # that frame is skipped
         read_scannet(root)
     (root / "pose" / "1.txt").write_text("1 0 0 0\n0 1 0 0\n")
-    with pytest.raises(InputError, match=r"pose/1\.txt: expected 16 numbers, found 8"):
+    with pytest.warns(UserWarning, match=r"pose/1\.txt: expected 16 numbers, found 8"):
         read_scannet(root)
     json_path = write_blender(vs, tmp_path / "b")
     json_path.write_text('{"frames": [')

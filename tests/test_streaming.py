@@ -75,13 +75,13 @@ def test_scene_list_opens_on_demand_and_bounds_its_caches():
     assert scenes.lengths() == [3] * 5 and opened == []  # listing opens nothing
     for i in range(5):
         scenes.frame(i, 0)
-    assert opened == [0, 1, 2, 3, 4] and len(scenes._scenes) == 2
+    assert opened == [0, 1, 2, 3, 4] and len(scenes.cache.scenes) == 2
     lazy = load_split(DataConfig(**{**SMALL, "width": 32, "height": 32}), "train")
     frame_bytes = 32 * 32 * (3 + 1 + 3) * 4 + 2 * 32 * 32 * 2  # rgb, depth, normals float32; labels int16
     budget = SceneList(lazy, cache_mb=2.5 * frame_bytes / 2**20)
     for f in range(4):
         budget.frame(0, f)
-    assert len(budget._frames) == 2 and budget._frame_bytes <= 2.5 * frame_bytes
+    assert len(budget.cache.frames) == 2 and budget.cache.frame_bytes <= 2.5 * frame_bytes
 
 
 def test_pretraining_pool_grows_past_the_labelled_splits_without_touching_val_or_test():
@@ -173,3 +173,35 @@ def test_mask3d_stage_one_is_pretrained_first_and_reused(tmp_path):
     assert stage_cfg["data"] == yaml.safe_load(yaml.safe_dump(config_dict(cfg)))["data"] and stage_cfg["train"]["steps"] == 2
     assert len(messages) == 1
     assert resolve_stages(cfg, log=messages.append).mask3d.init_from == str(stage) and len(messages) == 1  # reused
+
+
+def test_a_config_builds_the_same_initial_weights_and_leaves_the_global_rng_alone():
+    from renderssl.experiment import build_method
+
+    state = torch.random.get_rng_state()
+    a, b = (build_method(load_experiment("mae_tiny")).state_dict() for _ in range(2))
+    c = build_method(load_experiment("mae_tiny", ["train.seed=1"])).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["decoder_pred.weight"], c["decoder_pred.weight"])
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_a_source_with_too_few_scenes_is_split_by_frames_within_them(tmp_path):
+    from renderssl.data.build import split_manifest
+
+    synth = SyntheticConfig(num_views=20, width=8, height=8)
+    write_scannet(generate_scene(3, synth), tmp_path / "only_scene")
+    data = DataConfig(source=str(tmp_path), train_scenes=3, val_scenes=1, test_scenes=1)  # 5 scenes wanted, 1 there
+    train, val, test = (load_split(data, s) for s in ("train", "val", "test"))
+    assert [r.name for r in train + val + test] == ["only_scene@train", "only_scene@val", "only_scene@test"]
+    assert [r.frames for r in train + val + test] == [tuple(range(12)), tuple(range(12, 16)), tuple(range(16, 20))]
+    eager = read_scannet(tmp_path / "only_scene")
+    test_frames = RGBDFrameDataset(test)
+    assert len(test_frames) == 4
+    for i in range(4):
+        assert torch.equal(test_frames[i]["rgb"], eager.rgb[16 + i]) and torch.equal(test_frames[i]["c2w"], eager.c2w[16 + i])
+    assert split_manifest(data) == {"train": {"only_scene@train": list(range(12))}, "val": {"only_scene@val": list(range(12, 16))},
+                                    "test": {"only_scene@test": list(range(16, 20))}}
+    with pytest.raises(InputError, match=r"has 1 scene\(s\); the splits need 5 \(data.train_scenes 3 \+ data.val_scenes 1 "
+                                         r"\+ data.test_scenes 1\).*data.split_by=frames"):
+        load_split(dataclasses.replace(data, split_by="scenes"), "train")

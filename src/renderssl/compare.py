@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .data.build import load_split, split_range
+from .data.build import load_split, scene_ids
+from .data.scenes import SceneCache
 from .errors import InputError
 from .eval.report import markdown_table, plot_metric
 from .eval.tasks import DownstreamConfig, architecture_family, assign_tasks
@@ -74,18 +75,15 @@ class CompareConfig:
 
 
 def pretraining_scene_ids(info: dict) -> set | None:
-    """The scenes an encoder was pretrained on, as (source, index) pairs (None if unrecorded)."""
+    """The scenes an encoder was pretrained on (its pool), as (source, scene name) pairs; None if unrecorded."""
     data = (info.get("pretraining") or {}).get("data")
     if not data:
         return None
-    cfg = from_dict(DataConfig, data)
-    base = cfg.seed if cfg.source == "synthetic" else 0
-    return {(cfg.source, base + i) for i in split_range(cfg, "train")}
+    return scene_ids(from_dict(DataConfig, data), "pretrain")
 
 
 def check_held_out(encoders: list[Path], data: DataConfig) -> None:
-    base = data.seed if data.source == "synthetic" else 0
-    test = {(data.source, base + i) for i in split_range(data, "test")}
+    test = scene_ids(data, "test")
     for path in encoders:
         seen = pretraining_scene_ids(read_encoder_info(path))
         if seen is not None and seen & test:
@@ -151,6 +149,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     data = cfg.data or (data_config_of(encoders[0]) if encoders else DataConfig())
     check_held_out(encoders, data)
     train_all, test = load_split(data, "train"), load_split(data, "test")
+    cache = SceneCache(data.cache_scenes, data.cache_mb)  # every run decodes a frame once
     out = Path(cfg.out_dir)
     results = {"config": to_dict(cfg), "data": to_dict(data), "tasks": {}}
     report = []
@@ -165,7 +164,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
                 ds = from_dict(DownstreamConfig, {**to_dict(cfg.downstream), "task": task, "label_fraction": fraction, "seed": seed})
                 for entry in task_entries:
                     name = entry.name
-                    metrics = run_on_splits(entry.factory, train_all, test, ds)["metrics"]
+                    metrics = run_on_splits(entry.factory, train_all, test, ds, cache)["metrics"]
                     value = metrics[key]
                     runs[name][fraction].append(value)
                     scores[name][str(fraction)].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -19,6 +19,7 @@ are cleared: the checkpoint already holds the trained weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,13 @@ def load_experiment(name_or_path=None, overrides: list[str] = ()) -> ExperimentC
 
 
 def build_method(cfg: ExperimentConfig) -> Method:
-    return RECIPES[cfg.method](cfg.recipe)
+    """The recipe's method, its weights initialised from ``train.seed`` (one config, one initialisation;
+    the global RNG is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return RECIPES[cfg.method](cfg.recipe)
 
 
 def pretraining_data(cfg: ExperimentConfig, split: str = "pretrain"):
@@ -177,6 +184,7 @@ ENCODER_DIR = "encoder"
 
 def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
     """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0."""
+    from .data.build import split_manifest
     from .train import Trainer
     from .train.distributed import launcher_rank
 
@@ -186,6 +194,13 @@ def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
     validation = pretraining_data(cfg, "val") if cfg.train.val_every else None
     trainer = Trainer(method, dataset, cfg.train, cfg.optim, collate_fn=collate, config_dict=config_dict(cfg),
                       num_workers=cfg.data.workers, validation=validation, max_bad_fraction=cfg.data.max_bad_fraction)
+    manifest = split_manifest(cfg.data)
+    if manifest is not None and launcher_rank() == 0:
+        path = Path(cfg.train.out_dir) / "splits.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest, indent=1))
+        print(f"data: {cfg.data.source} has fewer scenes than the splits need (or data.split_by=frames): split by "
+              f"frames within each scene; frame lists in {path}")
     summary = trainer.fit(resume)
     if launcher_rank() == 0:
         export_method_encoder(cfg, method, Path(cfg.train.out_dir) / ENCODER_DIR, steps=summary.steps_done)

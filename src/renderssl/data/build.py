@@ -71,14 +71,60 @@ def load_split(cfg: DataConfig, split: str) -> list[SceneRef]:
         return synthetic_refs([cfg.seed + i for i in indices], synth)
     if split == POOL and cfg.pretrain_source is not None:
         return pool_folder_refs(cfg)
-    indices = split_range(cfg, "train" if split == POOL else split)
+    split = "train" if split == POOL else split
     folders = scene_folders(cfg.source)
-    if indices.stop > len(folders):
+    if splits_by_frames(cfg, len(folders)):
+        return frame_split([scene_ref(f, cfg) for f in folders], cfg)[split]
+    return [scene_ref(folders[i], cfg) for i in split_range(cfg, split)]
+
+
+def splits_by_frames(cfg: DataConfig, num_scenes: int) -> bool:
+    """Whether a folder source of ``num_scenes`` scenes is split by frames within its scenes."""
+    needed = cfg.train_scenes + cfg.val_scenes + cfg.test_scenes
+    if cfg.split_by == "frames" or (cfg.split_by == "auto" and num_scenes < needed):
+        return True
+    if num_scenes < needed:
         raise InputError(
-            f"data.source: {cfg.source} has {len(folders)} scenes; the splits need {indices.stop} "
-            f"(train {cfg.train_scenes} + val {cfg.val_scenes} + test {cfg.test_scenes})"
+            f"data.source: {cfg.source} has {num_scenes} scene(s); the splits need {needed} (data.train_scenes "
+            f"{cfg.train_scenes} + data.val_scenes {cfg.val_scenes} + data.test_scenes {cfg.test_scenes}): lower "
+            "those, or set data.split_by=frames to split the frames of each scene"
         )
-    return [scene_ref(folders[i], cfg.every_k) for i in indices]
+    return False
+
+
+def frame_split(refs: list[SceneRef], cfg: DataConfig) -> dict[str, list[SceneRef]]:
+    """Every scene's frames in three consecutive blocks, train, val and test, in the proportions of
+    ``data.train_scenes : val_scenes : test_scenes``; each block is a scene named ``<scene>@<split>``.
+    Consecutive blocks keep neighbouring (near-duplicate) frames of a sequence mostly on one side."""
+    weights = [cfg.train_scenes, cfg.val_scenes, cfg.test_scenes]
+    if weights[0] < 1 or sum(weights) < 1:
+        raise InputError("data.split_by=frames: data.train_scenes must be >= 1 (the splits' proportions)")
+    out = {name: [] for name in SPLITS}
+    for ref in refs:
+        n = ref.num_frames
+        val, test = (round(n * w / sum(weights)) for w in weights[1:])
+        train = n - val - test
+        if train < 1 or (weights[1] and val < 1) or (weights[2] and test < 1):
+            raise InputError(f"data.split_by=frames: scene {ref.name} has {n} frame(s), too few for train {weights[0]} : "
+                             f"val {weights[1]} : test {weights[2]}")
+        bounds = {"train": (0, train), "val": (train, train + val), "test": (train + val, n)}
+        for name, (a, b) in bounds.items():
+            if b > a:
+                out[name].append(ref.subset(range(a, b), f"{ref.name}@{name}"))
+    return out
+
+
+def split_manifest(cfg: DataConfig) -> dict | None:
+    """For a source split by frames: ``{split: {scene: [frame indices]}}`` (written beside a run); else None."""
+    if cfg.source == "synthetic" or not splits_by_frames(cfg, len(scene_folders(cfg.source))):
+        return None
+    return {split: {ref.name: list(ref.frames) for ref in load_split(cfg, split)} for split in SPLITS}
+
+
+def scene_ids(cfg: DataConfig, split: str) -> set[tuple[str, str]]:
+    """(source, scene name) of every scene of ``split``: what a held-out check compares."""
+    source = cfg.pretrain_source if split == POOL and cfg.pretrain_source is not None else cfg.source
+    return {(str(source), ref.name) for ref in load_split(cfg, split)}
 
 
 def open_split(cfg: DataConfig, split: str) -> list:
@@ -86,12 +132,20 @@ def open_split(cfg: DataConfig, split: str) -> list:
     return [open_scene(ref) for ref in load_split(cfg, split)]
 
 
-def scene_ref(path: Path, every_k: int) -> SceneRef:
+def read_options(cfg: DataConfig):
+    """How ``cfg``'s folders are read (:class:`~renderssl.data.formats.options.ReadOptions`)."""
+    from .formats.options import ReadOptions
+
+    return ReadOptions(every_k=cfg.every_k, background=cfg.background, split=cfg.blender_split,
+                       llff_factor=cfg.llff_factor, target_size=(cfg.height, cfg.width))
+
+
+def scene_ref(path: Path, cfg: DataConfig) -> SceneRef:
     if path.is_file():
         from .formats.ply import read_ply
 
         return SceneRef(path.stem, 0, partial(read_ply, path), points=True)
-    return folder_ref(path, every_k)
+    return folder_ref(path, read_options(cfg))
 
 
 def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:
@@ -104,7 +158,7 @@ def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:
         if clash:
             raise InputError(f"data.pretrain_source: {clash[0]} is a val or test scene of data.source; "
                              "pretraining must not see held-out scenes")
-    return [scene_ref(f, cfg.every_k) for f in folders]
+    return [scene_ref(f, cfg) for f in folders]
 
 
 def sample_dataset(sample_type: str, cfg: DataConfig, split: str):

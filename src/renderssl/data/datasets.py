@@ -85,7 +85,7 @@ class ImageDataset(Dataset):
     (antialiased bilinear) so batches stack; without it images of different sizes cannot be batched."""
 
     def __init__(self, source, labels: Sequence[int] | None = None, size: tuple[int, int] | None = None,
-                 lengths: Sequence[int] | None = None, cache_scenes: int = 8, cache_mb: float = 512.0):
+                 lengths: Sequence[int] | None = None, cache_scenes: int = 64, cache_mb: float = 512.0):
         self.size = tuple(size) if size is not None else None
         if isinstance(source, (str, Path)):
             source = read_image_folder(source)
@@ -123,7 +123,7 @@ class ImageDataset(Dataset):
 class RGBDFrameDataset(Dataset):
     """Every frame of every scene as one RGB-D sample (keys in the module docstring)."""
 
-    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_scenes: int = 8,
+    def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_scenes: int = 64,
                  size: tuple[int, int] | None = None, cache_mb: float = 512.0):
         self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.require_depth = require_depth
@@ -210,7 +210,7 @@ class MultiViewDataset(Dataset):
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
-                 pool: int | None = None, require_depth: bool = False, cache_scenes: int = 8, cache_mb: float = 512.0):
+                 pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0):
         if num_views < 1 or samples_per_scene < 1:
             raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1, got {num_views}, {samples_per_scene}")
         self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
@@ -254,7 +254,7 @@ class PointCloudDataset(Dataset):
     ``transform``: optional callable sample dict -> sample dict (e.g. augmentation with its own seeded
     generator)."""
 
-    def __init__(self, clouds, transform: Callable[[dict], dict] | None = None, cache_scenes: int = 8):
+    def __init__(self, clouds, transform: Callable[[dict], dict] | None = None, cache_scenes: int = 64):
         self.clouds = SceneList(clouds, PointCloud, cache_scenes)
         self.transform = transform
 

@@ -23,8 +23,8 @@ Sources:
 - :class:`SyntheticScene`: a synthetic scene is a pure function of its seed; a frame is rendered on
   demand from the scene's layout, view by view, which is exactly how ``generate_scene`` renders the
   whole scene, so both give the same bits.
-- :class:`ScanNetScene`: a ScanNet-style folder read frame by frame with the eager reader's own frame
-  function (same bits); poses and intrinsics are read when the scene is opened.
+- :func:`~renderssl.data.formats.scannet.open_scannet`: a ScanNet-style folder read frame by frame
+  (``read_scannet`` is the same scene loaded whole); poses and intrinsics are read when it is opened.
 - other folder formats (7-Scenes, Blender, LLFF) are read whole by their reader when opened.
 
 A frame that cannot be read (unreadable image, missing depth file, a bad pose) raises an
@@ -35,6 +35,7 @@ A frame that cannot be read (unreadable image, missing depth file, a bad pose) r
 from __future__ import annotations
 
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,12 +54,25 @@ LABEL_KEYS = ("semantic", "instance")
 # ---- references: cheap descriptions of scenes -----------------------------------------------------
 @dataclass(frozen=True)
 class SceneRef:
-    """A scene not yet opened: its name, its number of frames and how to open it (picklable)."""
+    """A scene not yet opened: its name, its number of frames and how to open it (picklable).
+
+    ``frames`` restricts it to those frame indices of the opened scene (a split by frames within
+    scenes, :mod:`renderssl.data.build`); ``num_frames`` is then their number."""
 
     name: str
     num_frames: int
-    open: Callable[[], object]
+    opener: Callable[[], object]
     points: bool = False  # it opens to a PointCloud, not posed views
+    frames: tuple[int, ...] | None = None
+
+    def open(self):
+        scene = self.opener()
+        return scene if self.frames is None else FrameSubset(scene, list(self.frames), self.name)
+
+    def subset(self, frames, name: str) -> "SceneRef":
+        """This scene restricted to ``frames`` (indices into its frames), named ``name``."""
+        picked = tuple(int(f) for f in frames) if self.frames is None else tuple(self.frames[int(f)] for f in frames)
+        return dataclasses.replace(self, name=name, num_frames=len(picked), frames=picked)
 
 
 def synthetic_refs(seeds, config) -> list[SceneRef]:
@@ -66,41 +80,15 @@ def synthetic_refs(seeds, config) -> list[SceneRef]:
     return [SceneRef(f"{config.kind}_{int(s):05d}", config.num_views, partial(SyntheticScene, int(s), config)) for s in seeds]
 
 
-def folder_ref(path, every_k: int = 1) -> SceneRef:
+def folder_ref(path, options=None) -> SceneRef:
     """Reference of a scene folder in a format the readers detect (frames counted from its listing)."""
-    from .formats import detect_format
+    from .formats import OPENERS, detect_format
+    from .formats.options import ReadOptions
 
-    path = Path(path)
+    path, options = Path(path), options or ReadOptions()
     fmt = detect_format(path)
-    return SceneRef(path.name, count_frames(path, fmt, every_k), partial(open_folder_scene, path, fmt, every_k))
-
-
-def count_frames(path: Path, fmt: str, every_k: int) -> int:
-    """Frames of a scene folder from its listing or pose table only (no image is decoded)."""
-    if fmt == "scannet":
-        from .formats.scannet import list_frames
-
-        return len(list_frames(path / "color")[::every_k])
-    if fmt == "7scenes":
-        from .formats.sevenscenes import list_frames
-
-        return len(list_frames(path)[::every_k])
-    if fmt == "llff":
-        from .formats.llff import POSES_FILE, read_poses_bounds
-
-        return len(range(0, len(read_poses_bounds(path / POSES_FILE)), every_k))
-    from .formats.blender import load_json, resolve_json
-
-    return len(load_json(resolve_json(path, None))["frames"][::every_k])
-
-
-def open_folder_scene(path: Path, fmt: str, every_k: int):
-    """A folder scene opened: per frame for ScanNet-style folders, else read whole."""
-    if fmt == "scannet":
-        return ScanNetScene(path, every_k)
-    from .formats import read_viewset
-
-    return read_viewset(path, fmt, every_k=every_k)
+    opener, counter = OPENERS[fmt]
+    return SceneRef(path.name, counter(path, options), partial(opener, path, options))
 
 
 # ---- opened scenes --------------------------------------------------------------------------------
@@ -129,12 +117,54 @@ class Scene:
         (3, H, W), semantic / instance (H, W); keys absent when the scene lacks them."""
         raise NotImplementedError
 
-    def load(self) -> ViewSet:
-        """Every frame in memory, as a :class:`ViewSet`."""
-        frames = [as_sample_dtypes(self.read_frame(i)) for i in range(len(self))]
+    def load(self, max_bad_fraction: float = 1.0) -> ViewSet:
+        """Every readable frame in memory, as a :class:`ViewSet` whose ``skipped`` lists the frames that
+        could not be read ('file (problem)'), with one warning. An :class:`InputError` naming them when
+        no frame can be read or more than ``max_bad_fraction`` of them cannot."""
+        from .formats.images import SkipLog, attach_skipped, no_valid_frames
+
+        log, kept, frames = SkipLog(self.where), [], []
+        for i in range(len(self)):
+            try:
+                frames.append(as_sample_dtypes(self.read_frame(i)))
+                kept.append(i)
+            except InputError as err:
+                log.items.append(str(err))
+        skipped = log.report()
+        if not frames:
+            raise no_valid_frames(self.where, skipped)
+        if len(skipped) > max_bad_fraction * len(self):
+            raise InputError(f"{self.where}: {len(skipped)} of {len(self)} frames cannot be read, more than "
+                             f"{max_bad_fraction:g} of them: " + ", ".join(skipped[:5]))
         stacked = {k: torch.stack([f[k] for f in frames]) for k in FRAME_KEYS if k in frames[0]}
-        return ViewSet(K=self.K.clone(), c2w=self.c2w.clone(), name=self.name, frame_names=list(self.frame_names),
-                       class_names=list(self.class_names), **stacked)
+        vs = ViewSet(K=self.K[kept].clone(), c2w=self.c2w[kept].clone(), name=self.name,
+                     frame_names=[self.frame_names[i] for i in kept], class_names=list(self.class_names), **stacked)
+        return attach_skipped(vs, skipped)
+
+    @property
+    def where(self) -> str:
+        """What to name in messages about this scene (its folder or file)."""
+        return str(getattr(self, "root", self.name))
+
+
+class FrameSubset(Scene):
+    """Frames ``frames`` of an opened scene (a Scene or a ViewSet), as a scene of their own."""
+
+    def __init__(self, scene, frames: list[int], name: str):
+        self.scene, self.frames, self.name = scene, frames, name
+        self.frame_names = [scene.frame_names[f] for f in frames]
+        self.class_names = list(scene.class_names)
+        self.K, self.c2w = scene.K[frames], scene.c2w[frames]  # (V, 3, 3), (V, 4, 4)
+        self.width, self.height = scene.width, scene.height
+        self.has_depth = scene.depth is not None if isinstance(scene, ViewSet) else scene.has_depth
+
+    def read_frame(self, i: int) -> dict:
+        f = self.frames[i]
+        return viewset_frame(self.scene, f) if isinstance(self.scene, ViewSet) else self.scene.read_frame(f)
+
+    @property
+    def where(self) -> str:
+        return self.scene.where if isinstance(self.scene, Scene) else self.name
 
 
 def viewset_frame(vs: ViewSet, i: int) -> dict:
@@ -198,86 +228,46 @@ class SyntheticScene(Scene):
         return {k: out[k][0] for k in FRAME_KEYS}
 
 
-class ScanNetScene(Scene):
-    """A ScanNet-style scene folder read frame by frame (layout in :mod:`.formats.scannet`)."""
+# ---- the per-process caches and the list that uses them --------------------------------------------
+class SceneCache:
+    """Opened scenes (at most ``max_scenes``) and decoded frames (at most ``max_mb`` MB), least recently
+    used first out, keyed by scene name, so SceneLists over overlapping scene lists (a comparison's label
+    subsets and runs) can share one and decode each frame once."""
 
-    def __init__(self, root, every_k: int = 1):
-        from .formats.images import pose_problem, read_matrix
-        from .formats.scannet import list_frames, read_class_names, read_intrinsics
+    def __init__(self, max_scenes: int = 64, max_mb: float = 512.0):
+        self.max_scenes, self.max_bytes = max(1, int(max_scenes)), int(max_mb * 2**20)
+        self.scenes: OrderedDict = OrderedDict()
+        self.frames: OrderedDict = OrderedDict()
+        self.frame_bytes = 0
 
-        self.root = Path(root)
-        self.stems = list_frames(self.root / "color")[::every_k]
-        self.name, self.frame_names = self.root.name, list(self.stems)
-        self.class_names = read_class_names(self.root)
-        self.K_color, self.K_depth = read_intrinsics(self.root)
-        self.depth_dir = self.root / "depth" if (self.root / "depth").is_dir() else None
-        self.label_dirs = {k: self.root / k for k in ("label", "instance") if (self.root / k).is_dir()}  # scannet.read_frame's keys
-        self.has_depth = self.depth_dir is not None
-        poses, self.pose_problems = [], {}
-        for i, stem in enumerate(self.stems):
-            path = self.root / "pose" / f"{stem}.txt"
-            try:
-                c2w = read_matrix(path)  # (4, 4)
-                problem = pose_problem(c2w)
-            except InputError as err:
-                c2w, problem = None, str(err)
-            if problem:
-                self.pose_problems[i] = f"{path}: {problem}"
-                c2w = torch.eye(4).numpy()
-            poses.append(torch.from_numpy(c2w).float())
-        self.c2w = torch.stack(poses)  # (V, 4, 4)
-        self.width, self.height, K = self.frame_size()
-        self.K = K.expand(len(self.stems), 3, 3).clone()  # (V, 3, 3)
+    def scene(self, key, open_scene: Callable[[], object]):
+        if key in self.scenes:
+            self.scenes.move_to_end(key)
+            return self.scenes[key]
+        obj = self.scenes[key] = open_scene()
+        while len(self.scenes) > self.max_scenes:
+            self.scenes.popitem(last=False)
+        return obj
 
-    def frame_size(self) -> tuple[int, int, Tensor]:
-        """(W, H, K) of the frames, from the headers of the first frame whose files can be read: colour
-        at the depth size with the depth intrinsics when the two differ (as the reader resamples)."""
-        from .formats.images import find_image, image_size
-
-        problems = []
-        for stem in self.stems:
-            try:
-                W, H = image_size(find_image(self.root / "color" / stem))
-                depth = None if self.depth_dir is None else self.depth_dir / f"{stem}.png"
-                Wd, Hd = image_size(depth) if depth is not None else (W, H)
-            except InputError as err:
-                problems.append(str(err))
-                if len(problems) < 16:
-                    continue
-                break
-            if (Wd, Hd) != (W, H) and self.K_depth is not None:
-                return Wd, Hd, self.K_depth
-            return W, H, self.K_color if self.K_color is not None else self.K_depth
-        raise InputError(f"{self.root}: no readable frame among the first {len(problems)}: " + "; ".join(problems[:3]))
-
-    def read_frame(self, i: int) -> dict:
-        from .formats.scannet import read_frame
-
-        if i in self.pose_problems:
-            raise InputError(self.pose_problems[i])
-        stem = self.stems[i]
-        out = read_frame(self.root, stem, self.c2w[i].numpy(), self.depth_dir, self.label_dirs, self.K_color, self.K_depth)
-        if tuple(out["rgb"].shape[-2:]) != (self.height, self.width):
-            raise InputError(f"{self.root / 'color'}/{stem}: frame is {tuple(out['rgb'].shape[-2:])} but the scene is "
-                             f"{(self.height, self.width)} (HxW)")
-        frame = {"rgb": out["rgb"]}
-        if out["depth"] is not None:
-            frame["depth"] = out["depth"]
-        elif self.has_depth:
-            raise InputError(f"{self.depth_dir / (stem + '.png')}: depth missing")
-        for key, src in (("semantic", "label"), ("instance", "instance")):
-            if src in out:
-                frame[key] = out[src]
-        return frame
+    def frame(self, key, read: Callable[[], dict]) -> dict:
+        if key in self.frames:
+            self.frames.move_to_end(key)
+            return self.frames[key]
+        stored = read()
+        if nbytes(stored) <= self.max_bytes:
+            self.frames[key] = stored
+            self.frame_bytes += nbytes(stored)
+            while self.frame_bytes > self.max_bytes:
+                self.frame_bytes -= nbytes(self.frames.popitem(last=False)[1])
+        return stored
 
 
-# ---- the per-process list with its caches ----------------------------------------------------------
 class SceneList:
     """Scenes of a split (ViewSets, PointClouds, SceneRefs or zero-argument loader callables), opened
-    on demand: at most ``cache_scenes`` opened scenes and ``cache_mb`` MB of decoded frames are kept
-    (least recently used first out)."""
+    on demand through a :class:`SceneCache` (its own, or ``cache`` shared with other lists)."""
 
-    def __init__(self, items, kind: type = ViewSet, cache_scenes: int = 8, cache_mb: float = 512.0):
+    def __init__(self, items, kind: type = ViewSet, cache_scenes: int = 64, cache_mb: float = 512.0,
+                 cache: SceneCache | None = None):
         if isinstance(items, (ViewSet, PointCloud, SceneRef)) or callable(items):
             items = [items]
         self.items, self.kind = list(items), kind
@@ -286,28 +276,28 @@ class SceneList:
         for i, item in enumerate(self.items):
             if not isinstance(item, (kind, SceneRef)) and not callable(item):
                 raise InputError(f"source {i}: expected a {kind.__name__}, a SceneRef or a loader callable, got {type(item).__name__}")
-        self.cache_scenes, self.cache_bytes = max(1, int(cache_scenes)), int(cache_mb * 2**20)
-        self._scenes: OrderedDict[int, object] = OrderedDict()
-        self._frames: OrderedDict[tuple[int, int], dict] = OrderedDict()
-        self._frame_bytes = 0
+        self.cache = cache if cache is not None else SceneCache(cache_scenes, cache_mb)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def key(self, i: int):
+        """The cache key of scene ``i``: a reference's name, else this list and the index."""
+        item = self.items[i]
+        return item.name if isinstance(item, SceneRef) else (id(self), i)
 
     def __getitem__(self, i: int):
         """Scene ``i``, opened."""
         item = self.items[i]
         if isinstance(item, self.kind):
             return item
-        if i in self._scenes:
-            self._scenes.move_to_end(i)
-            return self._scenes[i]
+        return self.cache.scene(self.key(i), lambda: self.open(i))
+
+    def open(self, i: int):
+        item = self.items[i]
         obj = item.open() if isinstance(item, SceneRef) else item()
         if not isinstance(obj, (PointCloud,) if self.kind is PointCloud else (ViewSet, Scene)):
             raise InputError(f"source {i}: loader returned {type(obj).__name__}, expected a {self.kind.__name__}")
-        self._scenes[i] = obj
-        while len(self._scenes) > self.cache_scenes:
-            self._scenes.popitem(last=False)
         return obj
 
     def name(self, i: int) -> str:
@@ -316,18 +306,12 @@ class SceneList:
 
     def frame(self, i: int, f: int) -> dict:
         """Frame ``f`` of scene ``i`` in sample dtypes (float32 images and depth, int64 labels)."""
-        key = (i, f)
-        if key in self._frames:
-            self._frames.move_to_end(key)
-            return as_sample_dtypes(self._frames[key])
+        if isinstance(self.items[i], ViewSet):  # in memory already: no second copy
+            return as_sample_dtypes(viewset_frame(self.items[i], f))
         scene = self[i]
-        stored = viewset_frame(scene, f) if isinstance(scene, ViewSet) else compact(scene.read_frame(f))
-        if not isinstance(scene, ViewSet) and nbytes(stored) <= self.cache_bytes:  # in-memory scenes need no copy
-            self._frames[key] = stored
-            self._frame_bytes += nbytes(stored)
-            while self._frame_bytes > self.cache_bytes:
-                self._frame_bytes -= nbytes(self._frames.popitem(last=False)[1])
-        return as_sample_dtypes(stored)
+        if isinstance(scene, ViewSet):
+            return as_sample_dtypes(viewset_frame(scene, f))
+        return as_sample_dtypes(self.cache.frame((self.key(i), f), lambda: compact(scene.read_frame(f))))
 
     def lengths(self, given=None) -> list[int]:
         """Frames per scene, from the references where possible (no scene is opened for them)."""

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import FrameIndex
-from ..data.scenes import SceneList
+from ..data.scenes import SceneCache, SceneList
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
@@ -88,7 +88,7 @@ class TaskFrames(Dataset):
     when read: image (3, H, W) float32 and segmentation (H, W) int64 (-1 = ignore) | depth (1, H, W)
     metres (0 = invalid) | classification () int64, the scene's class (:func:`scene_class`)."""
 
-    def __init__(self, scenes: list, task: str, cache_scenes: int = 8, cache_mb: float = 512.0):
+    def __init__(self, scenes: list, task: str, cache: SceneCache | None = None):
         if task not in IMAGE_TASKS:
             raise InputError(f"TaskFrames: {task!r} is not an image task; expected one of {IMAGE_TASKS}")
         if not scenes:
@@ -96,7 +96,7 @@ class TaskFrames(Dataset):
         clouds = [s.name for s in scenes if isinstance(s, PointCloud) or getattr(s, "points", False)]
         if clouds:
             raise InputError(f"TaskFrames: task {task!r} needs posed images; scenes {clouds[:3]} are point clouds")
-        self.scenes, self.task = SceneList(scenes, ViewSet, cache_scenes, cache_mb), task
+        self.scenes, self.task = SceneList(scenes, ViewSet, cache=cache), task
         self.index = FrameIndex(self.scenes.lengths())
         self._classes: dict[int, Tensor] = {}
 
@@ -290,10 +290,10 @@ def random_hflip(images: Tensor, targets: Tensor, dense: bool, generator: torch.
 # ==================================================================================================
 # Train / evaluate
 # ==================================================================================================
-def train_downstream(encoder: nn.Module, train_scenes: list[ViewSet], cfg: DownstreamConfig) -> DownstreamModel:
+def train_downstream(encoder: nn.Module, train_scenes: list, cfg: DownstreamConfig, cache: SceneCache | None = None) -> DownstreamModel:
     """Train a head (``linear``) or encoder + head (``finetune``) on ``train_scenes``; returns the model
     in eval mode on ``cfg.device``, with ``loss_history`` (one float per step)."""
-    frames = TaskFrames(train_scenes, cfg.task)
+    frames = TaskFrames(train_scenes, cfg.task, cache)
     device = resolve_device(cfg.device)
     model = build_model(encoder, frames, cfg).to(device)
     optimizer, lr_schedule = build_optimization(model, cfg)
@@ -326,11 +326,11 @@ def build_model(encoder: nn.Module, frames: TaskFrames, cfg: DownstreamConfig) -
 
 
 @torch.no_grad()
-def evaluate_downstream(model: DownstreamModel, test_scenes: list[ViewSet], cfg: DownstreamConfig) -> dict:
+def evaluate_downstream(model: DownstreamModel, test_scenes: list, cfg: DownstreamConfig, cache: SceneCache | None = None) -> dict:
     """Metrics of ``model`` on every frame of ``test_scenes`` (keys in the module docstring)."""
     if model.task != cfg.task:
         raise InputError(f"evaluate_downstream: model was trained for {model.task!r}, cfg.task is {cfg.task!r}")
-    frames = TaskFrames(test_scenes, cfg.task)
+    frames = TaskFrames(test_scenes, cfg.task, cache)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -27,12 +27,14 @@ Scratch comparison (:func:`compare_with_scratch`)
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..data.build import load_split
+from ..data.scenes import SceneCache
 from ..errors import InputError
 from ..export import ARCHITECTURES
 from ..train.config import DataConfig
@@ -62,8 +64,10 @@ def run_downstream(encoder_factory: EncoderFactory, data_cfg: DataConfig, cfg: D
     return run_on_splits(encoder_factory, train_all, test, cfg)
 
 
-def run_on_splits(encoder_factory: EncoderFactory, train_all: list, test: list, cfg: DownstreamConfig) -> dict:
-    """:func:`run_downstream` on given train and test scenes (ViewSets, PointClouds or references)."""
+def run_on_splits(encoder_factory: EncoderFactory, train_all: list, test: list, cfg: DownstreamConfig,
+                  cache: SceneCache | None = None) -> dict:
+    """:func:`run_downstream` on given train and test scenes (ViewSets, PointClouds or references).
+    ``cache``: decoded frames shared by the runs of a comparison (image tasks), so each is decoded once."""
     check_disjoint_scenes(train_all, test)
     train = select_label_fraction(train_all, cfg.label_fraction, cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -72,7 +76,10 @@ def run_on_splits(encoder_factory: EncoderFactory, train_all: list, test: list, 
     architecture = architecture_of(encoder)
     if architecture is not None:
         check_task_fits(cfg.task, architecture, type(encoder).__name__)
-    train_fn, evaluate_fn = TRAINERS[task_family(cfg.task)]
+    family = task_family(cfg.task)
+    train_fn, evaluate_fn = TRAINERS[family]
+    if family == "image" and cache is not None:
+        train_fn, evaluate_fn = partial(train_fn, cache=cache), partial(evaluate_fn, cache=cache)
     metrics = evaluate_fn(train_fn(encoder, train, cfg), test, cfg)
     return {
         "metrics": metrics,
@@ -92,9 +99,9 @@ def compare_with_scratch(pretrained_factory: EncoderFactory, scratch_factory: En
     if not seeds:
         raise InputError("compare_with_scratch: give at least one seed")
     train_all, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
-    out = {"seeds": list(seeds)}
+    out, cache = {"seeds": list(seeds)}, SceneCache(data_cfg.cache_scenes, data_cfg.cache_mb)
     for label, factory in (("pretrained", pretrained_factory), ("scratch", scratch_factory)):
-        runs = [run_on_splits(factory, train_all, test, with_seed(cfg, s)) for s in seeds]
+        runs = [run_on_splits(factory, train_all, test, with_seed(cfg, s), cache) for s in seeds]
         out[label] = summarise_runs(runs)
     out["delta"] = {k: out["pretrained"]["mean"][k] - out["scratch"]["mean"][k] for k in out["pretrained"]["mean"]}
     return out

@@ -162,10 +162,15 @@ class DataConfig:
     test_scenes: int = 8
     seed: int = 0
     every_k: int = 1  # keep every k-th frame of real scenes
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RGBA frames (NeRF synthetic) are composited over it
+    blender_split: str | None = None  # transforms_<split>.json of a Blender scene; None = transforms.json or every split
+    llff_factor: int | None = None  # LLFF images_<n>/; None = the smallest downsampled folder at least data.height x width
+    resize: str = "crop"  # crop (centre crop to the aspect ratio, then resize; K follows) | stretch (resize only)
+    split_by: str = "auto"  # scenes | frames (train/val/test frames within each scene) | auto (frames when too few scenes)
     pretrain_scenes: int | None = None  # synthetic: size of the unlabelled pretraining pool (None = the train split)
     pretrain_source: str | None = None  # folder source: a separate folder of unlabelled pretraining scenes
     workers: int = 0  # DataLoader worker processes decoding samples in parallel
-    cache_scenes: int = 8  # opened scenes kept per process (bounded LRU)
+    cache_scenes: int = 64  # opened scenes kept per process (bounded LRU)
     cache_mb: float = 512.0  # decoded frames kept per process, in MB (bounded LRU; split among workers)
     max_bad_fraction: float = 0.05  # stop when more than this fraction of sample reads fail
 
@@ -174,5 +179,11 @@ class DataConfig:
             raise InputError(f"workers and cache_mb must be >= 0 and cache_scenes >= 1, got {self.workers}, {self.cache_mb}, {self.cache_scenes}")
         if self.pretrain_scenes is not None and self.pretrain_scenes < 1:
             raise InputError(f"pretrain_scenes must be >= 1 or null, got {self.pretrain_scenes}")
+        if self.resize not in ("crop", "stretch"):
+            raise InputError(f"resize: {self.resize!r} is not one of ['crop', 'stretch']")
+        if self.split_by not in ("scenes", "frames", "auto"):
+            raise InputError(f"split_by: {self.split_by!r} is not one of ['scenes', 'frames', 'auto']")
+        if self.llff_factor is not None and self.llff_factor < 1:
+            raise InputError(f"llff_factor must be >= 1 or null, got {self.llff_factor}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise InputError(f"max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")

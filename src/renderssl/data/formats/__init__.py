@@ -33,12 +33,38 @@ from .image_folder import ImageFolder, read_image_folder, write_image_folder
 from .images import skipped_frames
 from .llff import read_llff, write_llff
 from .ply import read_ply, write_ply
-from .scannet import read_scannet, write_scannet
+from .options import ReadOptions
+from .scannet import count_scannet, open_scannet, read_scannet, write_scannet
 from .sevenscenes import read_sevenscenes, write_sevenscenes
 
 READERS = {"scannet": read_scannet, "7scenes": read_sevenscenes, "blender": read_blender, "llff": read_llff}
 WRITERS = {"scannet": write_scannet, "7scenes": write_sevenscenes, "blender": write_blender, "llff": write_llff}
 SCENE_FORMATS = tuple(READERS)
+
+
+def _whole(read):
+    """Opener of a format not yet read frame by frame: the whole scene, read when opened."""
+
+    def open_whole(path, options: ReadOptions = ReadOptions()):
+        return read(path, every_k=options.every_k)
+
+    return open_whole
+
+
+def _count_by_reading(read):
+    def count(path, options: ReadOptions = ReadOptions()) -> int:
+        return len(read(path, every_k=options.every_k))
+
+    return count
+
+
+# format -> (open(path, ReadOptions) -> Scene or ViewSet, count(path, ReadOptions) -> frames)
+OPENERS = {
+    "scannet": (open_scannet, count_scannet),
+    "7scenes": (_whole(read_sevenscenes), _count_by_reading(read_sevenscenes)),
+    "blender": (_whole(read_blender), _count_by_reading(read_blender)),
+    "llff": (_whole(read_llff), _count_by_reading(read_llff)),
+}
 
 
 def detect_format(path) -> str:
@@ -82,4 +108,5 @@ __all__ = [
     "read_scannet", "write_scannet", "read_sevenscenes", "write_sevenscenes", "read_blender", "write_blender",
     "read_llff", "write_llff", "ImageFolder", "read_image_folder", "write_image_folder", "read_ply", "write_ply",
     "skipped_frames", "detect_format", "read_viewset", "write_viewset", "READERS", "WRITERS", "SCENE_FORMATS",
+    "OPENERS", "ReadOptions", "open_scannet", "count_scannet",
 ]

@@ -23,8 +23,12 @@ the depth size (antialiased bilinear / nearest) and ``intrinsic_depth`` becomes 
 registered geometry, so the RGB-D pair lives in the depth camera. Without ``intrinsic_depth.txt`` the
 sizes cannot be reconciled and the reader raises an error naming both files and sizes.
 
-Frames whose pose is non-finite (ScanNet marks failed tracking with ``-inf``) or non-invertible are
-skipped with a warning; the result's ``skipped`` attribute lists them.
+:func:`open_scannet` reads poses and intrinsics and lists the frames; each frame's images are decoded
+when it is read (:class:`ScanNetScene`), and :func:`read_scannet` is that scene loaded whole. A frame
+that cannot be used (a pose that is non-finite, as ScanNet marks failed tracking with ``-inf``, or
+non-invertible; an unreadable colour, depth or label image; a frame of another size) is skipped with a
+warning and listed in the result's ``skipped`` attribute; a lazily read frame raises an InputError
+naming the file, which training skips and counts.
 """
 
 from __future__ import annotations
@@ -32,58 +36,107 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...errors import InputError
 from ..types import ViewSet
+from ..scenes import Scene
+from .options import ReadOptions
 from .images import (
-    SkipLog, attach_skipped, find_image, is_image_file, no_valid_frames, pose_problem, read_depth,
-    read_labels, read_matrix, read_rgb, require_dir, resize_labels, resize_rgb, share_intrinsics, stack_or_none,
-    write_depth, write_labels, write_matrix, write_rgb,
+    find_image, image_size, is_image_file, pose_problem, read_depth, read_labels, read_matrix, read_rgb, require_dir,
+    resize_labels, resize_rgb, share_intrinsics, write_depth, write_labels, write_matrix, write_rgb,
 )
 
 META_FILE = "renderssl_meta.json"
 DEPTH_SCALE = 1000.0  # units per metre (millimetres)
+MAX_PROBED = 16  # frames whose headers are tried for the scene's frame size
 
 
 # ---- reading --------------------------------------------------------------------------------------
 def read_scannet(root, every_k: int = 1, load_labels: bool = True, name: str | None = None) -> ViewSet:
-    """Read one ScanNet-style scene folder into a :class:`ViewSet` (see the module docstring)."""
-    root = require_dir(root, "ScanNet scene folder")
-    if every_k < 1:
-        raise InputError(f"read_scannet: every_k must be >= 1, got {every_k}")
-    color_dir = require_dir(root / "color", "colour folder")
-    pose_dir = require_dir(root / "pose", "pose folder")
-    depth_dir = root / "depth" if (root / "depth").is_dir() else None
-    label_dirs = {k: root / k for k in ("label", "instance") if load_labels and (root / k).is_dir()}
+    """Read one ScanNet-style scene folder into a :class:`ViewSet` (see the module docstring): every frame
+    that can be read, the others skipped with a warning and listed in ``skipped``."""
+    return open_scannet(root, ReadOptions(every_k=every_k, load_labels=load_labels), name).load()
 
-    frames = list_frames(color_dir)[::every_k]
-    K_color, K_depth = read_intrinsics(root)
-    log = SkipLog(root)
-    views = []
-    for stem in frames:
-        c2w = read_matrix(pose_dir / f"{stem}.txt")  # (4, 4)
-        problem = pose_problem(c2w)
-        if problem:
-            log.skip(str(pose_dir / f"{stem}.txt"), problem)
-            continue
-        views.append(read_frame(root, stem, c2w, depth_dir, label_dirs, K_color, K_depth))
-    skipped = log.report()
-    if not views:
-        raise no_valid_frames(root, skipped)
-    check_consistent_sizes(views)
-    vs = ViewSet(
-        rgb=torch.stack([v["rgb"] for v in views]),  # (V, 3, H, W)
-        K=torch.stack([v["K"] for v in views]),  # (V, 3, 3)
-        c2w=torch.stack([v["c2w"] for v in views]),  # (V, 4, 4)
-        depth=stack_or_none([v["depth"] for v in views]),  # (V, 1, H, W)
-        semantic=stack_or_none([v.get("label") for v in views]),  # (V, H, W)
-        instance=stack_or_none([v.get("instance") for v in views]),  # (V, H, W)
-        name=name if name is not None else root.name,
-        frame_names=[v["name"] for v in views],
-        class_names=read_class_names(root),
-    )
-    return attach_skipped(vs, skipped)
+
+def open_scannet(root, options: ReadOptions = ReadOptions(), name: str | None = None) -> "ScanNetScene":
+    """The scene opened for reading frame by frame (poses and intrinsics read now, images when asked)."""
+    if options.every_k < 1:
+        raise InputError(f"read_scannet: every_k must be >= 1, got {options.every_k}")
+    return ScanNetScene(root, options.every_k, options.load_labels, name)
+
+
+def count_scannet(root, options: ReadOptions = ReadOptions()) -> int:
+    """Frames of the scene, from the listing of ``color/``."""
+    return len(list_frames(Path(root) / "color")[::options.every_k])
+
+
+class ScanNetScene(Scene):
+    """A ScanNet-style scene folder: poses, intrinsics and frame list read when opened; each frame's
+    images decoded by :meth:`read_frame`. A frame whose pose is unusable raises there, naming the file."""
+
+    def __init__(self, root, every_k: int = 1, load_labels: bool = True, name: str | None = None):
+        self.root = require_dir(root, "ScanNet scene folder")
+        require_dir(self.root / "color", "colour folder")
+        require_dir(self.root / "pose", "pose folder")
+        self.stems = list_frames(self.root / "color")[::every_k]
+        self.name, self.frame_names = name if name is not None else self.root.name, list(self.stems)
+        self.class_names = read_class_names(self.root)
+        self.K_color, self.K_depth = read_intrinsics(self.root)
+        self.depth_dir = self.root / "depth" if (self.root / "depth").is_dir() else None
+        self.label_dirs = {k: self.root / k for k in ("label", "instance") if load_labels and (self.root / k).is_dir()}
+        self.has_depth = self.depth_dir is not None
+        poses, self.pose_problems = [], {}
+        for i, stem in enumerate(self.stems):
+            path = self.root / "pose" / f"{stem}.txt"
+            try:
+                c2w = read_matrix(path)  # (4, 4)
+                problem = pose_problem(c2w)
+            except InputError as err:
+                c2w, problem = None, str(err)
+            if problem:
+                self.pose_problems[i] = f"{path} ({problem})"
+                c2w = np.eye(4)
+            poses.append(torch.from_numpy(c2w).float())
+        self.c2w = torch.stack(poses)  # (V, 4, 4)
+        self.width, self.height, K = self.frame_size()
+        self.K = K.expand(len(self.stems), 3, 3).clone()  # (V, 3, 3)
+
+    def frame_size(self) -> tuple[int, int, torch.Tensor]:
+        """(W, H, K) of the frames, from the headers of the first frame whose files can be read: colour
+        at the depth size with the depth intrinsics when the two differ (as :func:`read_frame` resamples)."""
+        problems = []
+        for stem in self.stems[:MAX_PROBED]:
+            try:
+                W, H = image_size(find_image(self.root / "color" / stem))
+                depth = None if self.depth_dir is None else self.depth_dir / f"{stem}.png"
+                Wd, Hd = image_size(depth) if depth is not None else (W, H)
+            except InputError as err:
+                problems.append(str(err))
+                continue
+            if (Wd, Hd) != (W, H) and self.K_depth is not None:
+                return Wd, Hd, self.K_depth
+            return W, H, self.K_color if self.K_color is not None else self.K_depth
+        raise InputError(f"{self.root}: no readable frame among the first {len(problems)}: " + "; ".join(problems[:3]))
+
+    def read_frame(self, i: int) -> dict:
+        if i in self.pose_problems:
+            raise InputError(self.pose_problems[i])
+        stem = self.stems[i]
+        out = read_frame(self.root, stem, self.c2w[i].numpy(), self.depth_dir, self.label_dirs, self.K_color, self.K_depth)
+        if tuple(out["rgb"].shape[-2:]) != (self.height, self.width):
+            raise InputError(
+                f"frame {stem} has size {tuple(out['rgb'].shape[-2:])} but the scene's frames are "
+                f"{(self.height, self.width)} (HxW); all frames of a scene must share one size"
+            )
+        frame = {"rgb": out["rgb"]}
+        if out["depth"] is not None:
+            frame["depth"] = out["depth"]
+        for key, src in (("semantic", "label"), ("instance", "instance")):
+            if src in out:
+                frame[key] = out[src]
+        return frame
 
 
 def list_frames(color_dir: Path) -> list[str]:
@@ -141,16 +194,6 @@ def read_label_map(path: Path, color_size, target_size, color_path) -> torch.Ten
         f"{path} is {size[0]}x{size[1]} but {color_path} is {color_size[0]}x{color_size[1]} (WxH) "
         f"and the frame is read at {target_size[0]}x{target_size[1]}"
     )
-
-
-def check_consistent_sizes(views: list[dict]) -> None:
-    first = views[0]
-    for v in views[1:]:
-        if v["rgb"].shape != first["rgb"].shape:
-            raise InputError(
-                f"frame {v['name']} has size {tuple(v['rgb'].shape[-2:])} but frame {first['name']} has "
-                f"{tuple(first['rgb'].shape[-2:])} (HxW); all frames of a scene must share one size"
-            )
 
 
 def read_class_names(root: Path) -> list[str]:
