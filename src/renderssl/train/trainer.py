@@ -349,7 +349,7 @@ class Trainer:
                 skipped = not math.isfinite(grad_norm)  # equal on every rank: gradients are all-reduced
             if not skipped:
                 self.scaler.step(optimizer)
-                self.scaler.update()
+            self.scaler.update()  # after step or unscale_: an fp16 overflow lowers the scale
         scheduler.step()
         return _StepResult(mean[0], dict(zip(names, mean[1:])), lr, skipped, grad_norm, output), batch
 
