@@ -243,13 +243,14 @@ def test_blender_nerfstudio_intrinsics_and_depth_unit(tmp_path):
 def test_blender_size_mismatches(tmp_path, vs):
     json_path = write_blender(vs, tmp_path / "b")
     Image.fromarray(np.zeros((H, W + 1), np.uint16)).save(tmp_path / "b" / "depth" / "000002.png")
-    with pytest.raises(InputError, match=r"images/000002\.png.*depth/000002\.png"):
-        read_blender(json_path)
+    with pytest.warns(UserWarning, match=r"skipped 1 frame.*images/000002\.png.*depth/000002\.png"):
+        out = read_blender(json_path)  # that frame is skipped and named, not the scene
+    assert out.frame_names == ["000000", "000001"] and out.depth is not None
     meta = json.loads(json_path.read_text())
     meta["w"] = W + 4
     json_path.write_text(json.dumps(meta))
-    with pytest.raises(InputError, match=r"transforms\.json: 'w' = 20 but .*000000\.png is 16x12"):
-        read_blender(json_path)
+    with pytest.warns(UserWarning), pytest.raises(InputError, match=r"transforms\.json: 'w' = 20 but .*000000\.png is 16x12"):
+        read_blender(json_path)  # every frame differs from the declared size
 
 
 # ---- LLFF -----------------------------------------------------------------------------------------
@@ -435,7 +436,7 @@ def test_corrupt_image(tmp_path, vs, fmt):
     target = {"scannet": "color/1.png", "7scenes": "frame-000001.color.png", "blender": "images/000001.png"}[fmt]
     (tmp_path / "x" / target).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     pattern = rf"{target.replace('.', '[.]')}: cannot read image"
-    if fmt == "scannet":  # read frame by frame: the frame is skipped and named
+    if fmt in ("scannet", "blender"):  # read frame by frame: the frame is skipped and named
         with pytest.warns(UserWarning, match=rf"skipped 1 frame.*{pattern}"):
             assert len(read_viewset(tmp_path / "x")) == len(vs) - 1
         return

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ...errors import InputError
 from ..types import ViewSet
-from .blender import read_blender, write_blender
+from .blender import count_blender, open_blender, read_blender, write_blender
 from .image_folder import ImageFolder, read_image_folder, write_image_folder
 from .images import skipped_frames
 from .llff import read_llff, write_llff
@@ -62,20 +62,20 @@ def _count_by_reading(read):
 OPENERS = {
     "scannet": (open_scannet, count_scannet),
     "7scenes": (_whole(read_sevenscenes), _count_by_reading(read_sevenscenes)),
-    "blender": (_whole(read_blender), _count_by_reading(read_blender)),
+    "blender": (open_blender, count_blender),
     "llff": (_whole(read_llff), _count_by_reading(read_llff)),
 }
 
 
 def detect_format(path) -> str:
-    """The scene format of ``path`` from its marker files (transforms*.json, poses_bounds.npy,
-    color/ + pose/, frame-*.pose.txt)."""
+    """The scene format of ``path`` from its marker files (transforms.json or transforms_<split>.json as in
+    NeRF synthetic, poses_bounds.npy, color/ + pose/, frame-*.pose.txt)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json":
         return "blender"
     if not path.is_dir():
         raise InputError(f"{path}: scene folder not found")
-    if (path / "transforms.json").is_file() or any(path.glob("transforms_*.json")):
+    if (path / "transforms.json").is_file() or any(p.is_file() for p in path.glob("transforms_*.json")):
         return "blender"
     if (path / "poses_bounds.npy").is_file():
         return "llff"
@@ -108,5 +108,5 @@ __all__ = [
     "read_scannet", "write_scannet", "read_sevenscenes", "write_sevenscenes", "read_blender", "write_blender",
     "read_llff", "write_llff", "ImageFolder", "read_image_folder", "write_image_folder", "read_ply", "write_ply",
     "skipped_frames", "detect_format", "read_viewset", "write_viewset", "READERS", "WRITERS", "SCENE_FORMATS",
-    "OPENERS", "ReadOptions", "open_scannet", "count_scannet",
+    "OPENERS", "ReadOptions", "open_scannet", "count_scannet", "open_blender", "count_blender",
 ]
