@@ -4,8 +4,10 @@ Scenes, not frames, are split: train, val and test are disjoint sets of scenes, 
 in pretraining or fine-tuning. Synthetic scene i of a split has seed ``data.seed + offset + i`` with
 offsets 0 (train), train_scenes (val) and train_scenes + val_scenes (test). A folder source lists its
 scenes in name order and takes them in the same order: train, then val, then test. A scene is a
-sub-folder in a format the readers detect or, in a folder of ``.ply`` files, one file (a
-:class:`PointCloud`, named after the file; for the point tasks).
+sub-folder in a format the readers detect (a 7-Scenes dataset root or scene folder stands for its
+sequences, each a scene named ``<scene>/seq-XX``; a source that is itself a scene folder is that one
+scene) or, in a folder of ``.ply`` files, one file (a :class:`PointCloud`, named after the file; for the
+point tasks).
 
 The ``pretrain`` split is the unlabelled pretraining pool, as the papers pretrain on far more scenes
 than they fine-tune on (ImageNet, all of ScanNet):
@@ -22,6 +24,7 @@ directory listings); scenes are opened and frames decoded when a Dataset reads t
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -50,12 +53,22 @@ def pool_indices(cfg: DataConfig) -> list[int]:
 
 
 def scene_folders(source) -> list[Path]:
-    """The scenes of a folder source: its ``.ply`` files if it has any, else its sub-folders."""
+    """The scenes of a folder source: its ``.ply`` files if it has any, else its sub-folders, a 7-Scenes
+    scene folder or dataset root among them standing for its sequence folders (name order;
+    :func:`~renderssl.data.formats.expand_scene_folder`); a source that is itself one scene folder (a
+    7-Scenes sequence, say) is that one scene."""
+    from .formats import detect_format, expand_scene_folder
+
     root = Path(source)
     if not root.is_dir():
         raise InputError(f"data.source: {root} is neither 'synthetic' nor a folder of scenes")
+    try:
+        detect_format(root)
+        return [root]
+    except InputError:
+        pass
     clouds = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".ply")
-    folders = clouds or sorted(p for p in root.iterdir() if p.is_dir())
+    folders = clouds or [s for p in sorted(p for p in root.iterdir() if p.is_dir()) for s in expand_scene_folder(p)]
     if not folders:
         raise InputError(f"data.source: {root} holds no scene folders and no .ply files")
     return folders
@@ -145,7 +158,10 @@ def scene_ref(path: Path, cfg: DataConfig) -> SceneRef:
         from .formats.ply import read_ply
 
         return SceneRef(path.stem, 0, partial(read_ply, path), points=True)
-    return folder_ref(path, read_options(cfg))
+    from .formats import scene_name
+
+    # named as its opener names it: a 7-Scenes sequence <scene>/seq-XX (unique across a dataset root)
+    return dataclasses.replace(folder_ref(path, read_options(cfg)), name=scene_name(path))
 
 
 def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:

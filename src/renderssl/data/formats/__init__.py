@@ -5,8 +5,9 @@ Every reader returns our conventions: OpenCV camera-to-world poses, K in pixels 
 half-integers (a centred camera has cx = W/2), z-depth in metres with 0 = invalid, rgb float32 in
 [0, 1], labels int64 with -1 = ignore. Each module's docstring states its layout and conversions.
 
-Scene formats (ViewSet readers take ``every_k`` and ``name``; frames with unusable poses are skipped
-with a warning and listed on the result as ``skipped``, see :func:`skipped_frames`):
+Scene formats (ViewSet readers take ``every_k`` and ``name``; frames that cannot be used -- a
+non-finite or singular pose, an unreadable image, missing or unreadable depth -- are skipped with a
+warning and listed on the result as ``skipped``, see :func:`skipped_frames`):
 
 ========== ========================== ==========================
 format     reader                     writer
@@ -19,7 +20,9 @@ llff       read_llff(root, factor)    write_llff(vs, root, factor)
 
 Plus :func:`read_image_folder` (classification folders) and :func:`read_ply` / :func:`write_ply`.
 :func:`read_viewset` / :func:`write_viewset` dispatch by format name, and :func:`detect_format`
-recognises a scene folder by its marker files.
+recognises a scene folder by its marker files. :func:`expand_scene_folder` gives the scenes a folder of
+a source stands for (a 7-Scenes dataset root or scene folder: its sequences) and :func:`scene_name` their
+names (a 7-Scenes sequence ``<scene>/seq-XX``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from ..types import ViewSet
 from .blender import count_blender, open_blender, read_blender, write_blender
 from .image_folder import ImageFolder, read_image_folder, write_image_folder
 from .images import skipped_frames
-from .llff import read_llff, write_llff
+from .llff import count_llff, open_llff, read_llff, write_llff
 from .ply import read_ply, write_ply
 from .options import ReadOptions
 from .scannet import count_scannet, open_scannet, read_scannet, write_scannet
-from .sevenscenes import read_sevenscenes, write_sevenscenes
+from .sevenscenes import (
+    count_sevenscenes, is_sequence, open_sevenscenes, read_sevenscenes, sequence_folders, sequence_name, write_sevenscenes,
+)
 
 READERS = {"scannet": read_scannet, "7scenes": read_sevenscenes, "blender": read_blender, "llff": read_llff}
 WRITERS = {"scannet": write_scannet, "7scenes": write_sevenscenes, "blender": write_blender, "llff": write_llff}
@@ -61,9 +66,9 @@ def _count_by_reading(read):
 # format -> (open(path, ReadOptions) -> Scene or ViewSet, count(path, ReadOptions) -> frames)
 OPENERS = {
     "scannet": (open_scannet, count_scannet),
-    "7scenes": (_whole(read_sevenscenes), _count_by_reading(read_sevenscenes)),
+    "7scenes": (open_sevenscenes, count_sevenscenes),
     "blender": (open_blender, count_blender),
-    "llff": (_whole(read_llff), _count_by_reading(read_llff)),
+    "llff": (open_llff, count_llff),
 }
 
 
@@ -81,12 +86,35 @@ def detect_format(path) -> str:
         return "llff"
     if (path / "color").is_dir() and (path / "pose").is_dir():
         return "scannet"
-    if any(path.glob("frame-*.pose.txt")):
+    if is_sequence(path):
         return "7scenes"
+    sequences = sequence_folders(path)  # a 7-Scenes scene folder or dataset root is not one scene
+    if sequences:
+        names = ", ".join(sequence_name(s) for s in sequences[:3]) + (", ..." if len(sequences) > 3 else "")
+        raise InputError(f"{path}: a 7-Scenes scene folder or dataset root of {len(sequences)} sequences ({names}); "
+                         "read one sequence folder, or give it as data.source (one scene per sequence)")
     raise InputError(
         f"{path}: cannot tell the scene format (looked for transforms.json, poses_bounds.npy, "
         "color/ + pose/, frame-*.pose.txt)"
     )
+
+
+def expand_scene_folder(path) -> list[Path]:
+    """The scenes a folder of a source stands for: itself when :func:`detect_format` recognises it as a
+    scene; the sequence folders of a 7-Scenes scene folder or dataset root (name order, see
+    :mod:`.sevenscenes`); else itself (reading it then names what is missing)."""
+    path = Path(path)
+    try:
+        detect_format(path)
+        return [path]
+    except InputError:
+        return sequence_folders(path) or [path]
+
+
+def scene_name(path) -> str:
+    """The name of the scene in folder ``path``: ``<scene>/seq-XX`` for a 7-Scenes sequence folder named
+    ``seq-XX`` (unique across a dataset root), else the folder's name."""
+    return sequence_name(path) if is_sequence(path) else Path(path).name
 
 
 def read_viewset(path, format: str | None = None, **kwargs) -> ViewSet:
@@ -108,5 +136,6 @@ __all__ = [
     "read_scannet", "write_scannet", "read_sevenscenes", "write_sevenscenes", "read_blender", "write_blender",
     "read_llff", "write_llff", "ImageFolder", "read_image_folder", "write_image_folder", "read_ply", "write_ply",
     "skipped_frames", "detect_format", "read_viewset", "write_viewset", "READERS", "WRITERS", "SCENE_FORMATS",
-    "OPENERS", "ReadOptions", "open_scannet", "count_scannet", "open_blender", "count_blender",
+    "OPENERS", "ReadOptions", "open_scannet", "count_scannet", "open_llff", "count_llff", "open_sevenscenes",
+    "count_sevenscenes", "expand_scene_folder", "scene_name", "open_blender", "count_blender",
 ]

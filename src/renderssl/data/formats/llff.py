@@ -1,30 +1,54 @@
-"""LLFF forward-facing captures (``poses_bounds.npy``, as written by LLFF's imgs2poses).
+"""LLFF forward-facing captures (``poses_bounds.npy``, as written by LLFF's imgs2poses), read frame by
+frame, as the public copies (``nerf_llff_data``) are laid out.
 
 On disk::
 
     <root>/poses_bounds.npy   float (N, 17): per image a 3x5 matrix flattened row-major, then near, far
     <root>/images/            N images at full resolution, in sorted file-name order (png/jpg)
-    <root>/images_<n>/        the same images downsampled by an integer factor n (optional)
+    <root>/images_<n>/        the same images downsampled by an integer factor n (published: images_4/,
+                              images_8/); any subset of these folders may exist
 
 The 3x5 matrix is [down | right | back | t | (h, w, f)]: the first three columns are the camera's
 down, right and backward axes in world coordinates, t its centre, and (h, w, f) the full-resolution
 image height, width and focal length in pixels.
+
+Which image folder is read (the scene's ``llff_factor``, 1 = ``images/``, and ``image_dir``):
+- ``options.llff_factor`` (``data.llff_factor``) given: that folder (``images/`` for 1, else
+  ``images_<n>/``); an error naming the folders that exist when it is absent.
+- None (the default): chosen from the folders' image sizes (the header of each folder's first readable
+  image): the most downsampled folder whose images are still at least ``options.target_size`` (H, W)
+  (``data.height`` x ``data.width``) in both dimensions, so the later resize to the configured size only
+  shrinks (for a centre crop to the target aspect ratio as for a stretch, both dimensions at least the
+  target's is exactly what that takes); when no folder is that large, the largest one; without a
+  target size (the eager API), the largest one (``images/`` when it exists). Ties go to the smaller
+  factor.
+:func:`read_llff` keeps its signature: ``factor`` (default 1, ``images/``) is that explicit choice.
 
 Conventions:
 - Pose: LLFF (down, right, back) -> OpenCV c2w columns (right, down, forward) via ``llff_to_opencv``.
 - K: fx = fy = f, cx = w/2, cy = h/2 at the (h, w) of the pose file (a centred pinhole in our
   half-integer pixel-centre convention), then scaled to the size of the images actually read
   (x by W_img / w, y by H_img / h) -- for ``images_<n>`` that is 1/n. Scales differing by more than
-  1% between x and y are an error (the images do not belong to these poses).
-- near/far bounds (metres along the view axis) are returned on the result as ``near_far`` (V, 2).
+  1% between x and y are an error for the scene (the images do not belong to these poses), as is a
+  folder whose image count differs from the number of poses (images are matched to rows by order).
+- near/far bounds (metres along the view axis) are kept as ``near_far`` (V, 2), on the opened scene
+  and on a loaded result.
 
-Frames with non-finite or non-invertible poses are skipped with a warning and listed in ``skipped``.
+Lazily read (:func:`open_llff` -> :class:`LLFFScene`): the pose table, the folder choice, the image list
+and the frame size (one image header) are read when the scene is opened; each image is decoded (kept as
+uint8, as stored) by ``read_frame``; :func:`count_llff` counts the rows of ``poses_bounds.npy`` (its
+header only). One policy for bad frames: a row whose pose is non-finite or non-invertible (or whose hwf
+or bounds are non-finite), an unreadable or truncated image, or an image of another size than the
+folder's raises an InputError naming the file from ``read_frame``: training skips and counts it,
+``load()`` skips it with one warning and lists it in the result's ``skipped``.
+
 The writer needs a centred pinhole with fx = fy (LLFF stores only one focal); near/far come from the
 0.1 / 99.9 percentiles of each view's valid depth unless given.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,51 +57,151 @@ from PIL import Image
 
 from ...errors import InputError
 from ...geometry import llff_to_opencv, opencv_to_llff
+from ..scenes import Scene
 from ..types import ViewSet
-from .images import (
-    SkipLog, attach_skipped, is_image_file, no_valid_frames, pose_problem, read_rgb, require_dir, require_file,
-    to_uint8, write_rgb,
-)
+from .images import image_size, is_image_file, pose_problem, require_dir, require_file, to_uint8, write_rgb
+from .options import ReadOptions
+from .sevenscenes import read_rgb8
 
 POSES_FILE = "poses_bounds.npy"
 NEAR_FAR_PERCENTILES = (0.1, 99.9)
+MAX_PROBED = 16  # images whose headers are tried for a folder's image size
+_FOLDER = re.compile(r"^images(?:_(\d+))?$")
 
 
 # ---- reading --------------------------------------------------------------------------------------
 def read_llff(root, factor: int = 1, every_k: int = 1, name: str | None = None) -> ViewSet:
-    """Read an LLFF scene; ``factor`` > 1 reads ``images_<factor>/`` with K scaled to its size."""
-    root = require_dir(root, "LLFF scene folder")
-    if factor < 1 or every_k < 1:
-        raise InputError(f"read_llff: factor and every_k must be >= 1, got {factor} and {every_k}")
-    table = read_poses_bounds(root / POSES_FILE)  # (N, 17)
-    image_dir = require_dir(root / ("images" if factor == 1 else f"images_{factor}"), "LLFF image folder")
-    images = list_images(image_dir)
-    if len(images) != len(table):
-        raise InputError(f"{root / POSES_FILE} has {len(table)} poses but {image_dir} has {len(images)} images")
-    poses = torch.from_numpy(table[:, :15].reshape(-1, 3, 5))  # (N, 3, 5) float64
-    c2w_all, hwf_all = llff_to_opencv(poses)  # (N, 4, 4), (N, 3)
-    log = SkipLog(root / POSES_FILE)
-    keep = []
-    for i in range(0, len(table), every_k):
-        problem = pose_problem(c2w_all[i].numpy())
-        if problem or not np.isfinite(table[i, 12:]).all():
-            log.skip(f"{images[i].name} (row {i})", problem or "non-finite hwf or bounds")
-            continue
-        keep.append(i)
-    skipped = log.report()
-    if not keep:
-        raise no_valid_frames(root, skipped)
-    rgb = read_images([images[i] for i in keep])  # (V, 3, H, W)
-    K = llff_intrinsics(hwf_all[keep], rgb.shape[-1], rgb.shape[-2], root / POSES_FILE, image_dir)  # (V, 3, 3)
-    vs = ViewSet(
-        rgb=rgb,
-        K=K,
-        c2w=c2w_all[keep].float(),  # (V, 4, 4)
-        name=name if name is not None else root.name,
-        frame_names=[images[i].stem for i in keep],
-    )
-    vs.near_far = torch.from_numpy(table[keep, 15:17]).float()  # (V, 2)
-    return attach_skipped(vs, skipped)
+    """Read an LLFF scene; ``factor`` > 1 reads ``images_<factor>/`` with K scaled to its size. Every
+    frame that can be read; the others skipped with one warning and listed in ``skipped``."""
+    if factor is None or factor < 1:
+        raise InputError(f"read_llff: factor must be >= 1, got {factor}")
+    return open_llff(root, ReadOptions(every_k=every_k, llff_factor=factor), name).load()
+
+
+def open_llff(root, options: ReadOptions = ReadOptions(), name: str | None = None) -> "LLFFScene":
+    """The scene opened for reading frame by frame, from the image folder the options pick (module docstring)."""
+    if options.every_k < 1 or (options.llff_factor is not None and options.llff_factor < 1):
+        raise InputError(f"read_llff: factor and every_k must be >= 1, got {options.llff_factor} and {options.every_k}")
+    return LLFFScene(root, options, name)
+
+
+def count_llff(root, options: ReadOptions = ReadOptions()) -> int:
+    """Frames of the scene: the rows of ``poses_bounds.npy`` (read from its header), every k-th."""
+    path = require_file(Path(require_dir(root, "LLFF scene folder")) / POSES_FILE, "poses_bounds.npy")
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot read numpy array ({e})") from None
+    if len(shape) != 2 or shape[1] != 17 or shape[0] == 0:
+        raise InputError(f"{path}: expected shape (N, 17) with N >= 1, got {shape}")
+    return len(range(0, shape[0], options.every_k))
+
+
+class LLFFScene(Scene):
+    """An LLFF scene: poses, bounds, the chosen image folder (``llff_factor``, ``image_dir``) and its
+    image list read when opened; each image decoded by :meth:`read_frame`."""
+
+    def __init__(self, root, options: ReadOptions = ReadOptions(), name: str | None = None):
+        self.root = require_dir(root, "LLFF scene folder")
+        self.poses_path = self.root / POSES_FILE
+        table = read_poses_bounds(self.poses_path)  # (N, 17)
+        self.llff_factor, self.image_dir, size = choose_image_folder(self.root, options.llff_factor, options.target_size)
+        images = list_images(self.image_dir)
+        if len(images) != len(table):
+            raise InputError(f"{self.poses_path} has {len(table)} poses but {self.image_dir} has {len(images)} images")
+        rows = list(range(0, len(table), options.every_k))
+        self.images = [images[i] for i in rows]
+        self.name = name if name is not None else self.root.name
+        self.frame_names, self.class_names, self.has_depth = [p.stem for p in self.images], [], False
+        poses = torch.from_numpy(table[rows, :15].reshape(-1, 3, 5))  # (V, 3, 5) float64
+        c2w, hwf = llff_to_opencv(poses)  # (V, 4, 4), (V, 3)
+        self.pose_problems = {}
+        for i, row in enumerate(rows):
+            problem = pose_problem(c2w[i].numpy()) or (None if np.isfinite(table[row, 12:]).all() else "non-finite hwf or bounds")
+            if problem:
+                self.pose_problems[i] = f"{self.poses_path} row {row}, the pose of {self.images[i].name} ({problem})"
+        good = [i for i in range(len(rows)) if i not in self.pose_problems]
+        self.width, self.height = size if size is not None else folder_size(self.image_dir, [self.images[i] for i in good] or self.images)
+        self.c2w = c2w.float()  # (V, 4, 4)
+        self.c2w[list(self.pose_problems)] = torch.eye(4)
+        self.K = torch.eye(3).repeat(len(rows), 1, 1)  # (V, 3, 3); identity for rows that cannot be used
+        if good:
+            self.K[good] = llff_intrinsics(hwf[good], self.width, self.height, self.poses_path, self.image_dir)
+        self.near_far = torch.from_numpy(table[rows, 15:17]).float()  # (V, 2)
+
+    def read_frame(self, i: int) -> dict:
+        if i in self.pose_problems:
+            raise InputError(self.pose_problems[i])
+        path = self.images[i]
+        rgb = read_rgb8(path)  # (3, H, W) uint8
+        H, W = rgb.shape[-2:]
+        if (W, H) != (self.width, self.height):
+            raise InputError(f"{path} is {W}x{H} but the images of {self.image_dir} are {self.width}x{self.height} "
+                             "(WxH); all images of a folder must share one size")
+        return {"rgb": rgb}
+
+    def load(self, max_bad_fraction: float = 1.0) -> ViewSet:
+        """:meth:`Scene.load`, with ``near_far`` (V, 2) and ``llff_factor`` on the result."""
+        vs = super().load(max_bad_fraction)
+        kept, j = [], 0
+        for i, frame in enumerate(self.frame_names):  # the loaded frames, in order, are a subsequence
+            if j < len(vs.frame_names) and vs.frame_names[j] == frame:
+                kept.append(i)
+                j += 1
+        vs.near_far, vs.llff_factor = self.near_far[kept].clone(), self.llff_factor
+        return vs
+
+
+def image_folders(root: Path) -> dict[int, Path]:
+    """{factor: folder} of ``images/`` (factor 1) and ``images_<n>/`` under ``root``."""
+    out = {}
+    for p in root.iterdir():
+        m = _FOLDER.match(p.name)
+        if m and p.is_dir():
+            out[int(m.group(1) or 1)] = p
+    return dict(sorted(out.items()))
+
+
+def choose_image_folder(root: Path, factor: int | None, target_size) -> tuple[int, Path, tuple[int, int] | None]:
+    """(factor, folder, its (W, H) or None when not probed): the folder the module docstring describes."""
+    folders = image_folders(root)
+    have = ", ".join(f"{p.name}/" for p in folders.values()) or "none"
+    if factor is not None:
+        if factor not in folders:
+            wanted = "images" if factor == 1 else f"images_{factor}"
+            raise InputError(f"{root / wanted}: LLFF image folder not found (data.llff_factor={factor}; the scene has {have})")
+        return factor, folders[factor], None
+    if not folders:
+        raise InputError(f"{root}: no LLFF image folder (images/ or images_<n>/) found")
+    sizes = {}
+    for f, folder in folders.items():
+        images = list_images(folder)
+        if images:
+            try:
+                sizes[f] = folder_size(folder, images)
+            except InputError:
+                continue  # a folder without one readable image is not a candidate
+    if not sizes:
+        raise InputError(f"{root}: no readable image in the LLFF image folders ({have})")
+    pixels = {f: w * h for f, (w, h) in sizes.items()}
+    largest = max(sizes, key=lambda f: (pixels[f], -f))
+    if target_size is None:
+        return largest, folders[largest], sizes[largest]
+    H, W = (int(v) for v in target_size)
+    large_enough = [f for f, (w, h) in sizes.items() if w >= W and h >= H]
+    pick = min(large_enough, key=lambda f: (pixels[f], f)) if large_enough else largest
+    return pick, folders[pick], sizes[pick]
+
+
+def folder_size(folder: Path, images: list[Path]) -> tuple[int, int]:
+    """(W, H) of a folder's images, from the header of the first one that can be read."""
+    problems = []
+    for p in images[:MAX_PROBED]:
+        try:
+            return image_size(p)
+        except InputError as err:
+            problems.append(str(err))
+    raise InputError(f"{folder}: no readable image among the first {len(problems)}: " + "; ".join(problems[:3]))
 
 
 def read_poses_bounds(path: Path) -> np.ndarray:
@@ -93,16 +217,6 @@ def read_poses_bounds(path: Path) -> np.ndarray:
 
 def list_images(image_dir: Path) -> list[Path]:
     return sorted((p for p in image_dir.iterdir() if is_image_file(p)), key=lambda p: p.name)
-
-
-def read_images(paths: list[Path]) -> torch.Tensor:
-    rgbs = []
-    for p in paths:
-        rgb = read_rgb(p)  # (3, H, W)
-        if rgbs and rgb.shape != rgbs[0].shape:
-            raise InputError(f"{p} is {tuple(rgb.shape[-2:])} but {paths[0]} is {tuple(rgbs[0].shape[-2:])} (HxW); all images must share one size")
-        rgbs.append(rgb)
-    return torch.stack(rgbs)  # (V, 3, H, W)
 
 
 def llff_intrinsics(hwf: torch.Tensor, width: int, height: int, poses_path, image_dir) -> torch.Tensor:
