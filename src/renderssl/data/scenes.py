@@ -23,9 +23,9 @@ Sources:
 - :class:`SyntheticScene`: a synthetic scene is a pure function of its seed; a frame is rendered on
   demand from the scene's layout, view by view, which is exactly how ``generate_scene`` renders the
   whole scene, so both give the same bits.
-- :func:`~renderssl.data.formats.scannet.open_scannet`: a ScanNet-style folder read frame by frame
-  (``read_scannet`` is the same scene loaded whole); poses and intrinsics are read when it is opened.
-- other folder formats (7-Scenes, Blender, LLFF) are read whole by their reader when opened.
+- folder scenes: every format's ``open_<format>`` (:data:`renderssl.data.formats.OPENERS`) reads poses,
+  intrinsics and the frame list when the scene is opened and decodes a frame in ``read_frame``; its
+  eager ``read_<format>`` is the same scene loaded whole (:meth:`Scene.load`).
 
 A frame that cannot be read (unreadable image, missing depth file, a bad pose) raises an
 :class:`~renderssl.errors.InputError` naming the file; the trainer skips such samples and counts them
@@ -34,8 +34,8 @@ A frame that cannot be read (unreadable image, missing depth file, a bad pose) r
 
 from __future__ import annotations
 
-from collections import OrderedDict
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path

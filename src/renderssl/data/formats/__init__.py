@@ -47,22 +47,6 @@ WRITERS = {"scannet": write_scannet, "7scenes": write_sevenscenes, "blender": wr
 SCENE_FORMATS = tuple(READERS)
 
 
-def _whole(read):
-    """Opener of a format not yet read frame by frame: the whole scene, read when opened."""
-
-    def open_whole(path, options: ReadOptions = ReadOptions()):
-        return read(path, every_k=options.every_k)
-
-    return open_whole
-
-
-def _count_by_reading(read):
-    def count(path, options: ReadOptions = ReadOptions()) -> int:
-        return len(read(path, every_k=options.every_k))
-
-    return count
-
-
 # format -> (open(path, ReadOptions) -> Scene or ViewSet, count(path, ReadOptions) -> frames)
 OPENERS = {
     "scannet": (open_scannet, count_scannet),
