@@ -289,7 +289,7 @@ def test_finetune_picks_the_task_from_the_encoder(pretrained, tmp_path, capsys):
     assert "'segmentation'" in err and str(points) in err and "pointnet2" in err and "\n" not in err
     # end to end through the CLI, the run folder standing for its encoder/: the 3D task by default
     out = tmp_path / "ft.json"
-    overrides = [f"data.{k}={v}" for k, v in DATA.items()] + ["downstream.steps=2", "downstream.batch_size=2",
+    overrides = [f"data.{k}={v}" for k, v in DATA.items()] + ["downstream.steps=2", "downstream.warmup=1", "downstream.batch_size=2",
                                                                "downstream.device=cpu", "downstream.points.grid_size=0.05"]
     assert cli.main(["finetune", str(points.parent), *overrides, "--out", str(out)]) == 0
     result = json.loads(out.read_text())

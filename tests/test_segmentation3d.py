@@ -14,12 +14,15 @@ from renderssl import cli
 from renderssl.compare import CompareConfig, run_compare
 from renderssl.data.build import open_split
 from renderssl.data.formats.ply import write_ply
-from renderssl.data.points import fuse_frames
+from renderssl.data.points import augment_points, fuse_frames
+from renderssl.data.scenes import SceneRef
 from renderssl.data.types import PointCloud
 from renderssl.errors import InputError
 from renderssl.eval.tasks import DownstreamConfig, PointTaskConfig
 from renderssl.eval.transfer import run_downstream, run_on_splits
-from renderssl.eval.segmentation3d import evaluate_point_segmentation, train_point_segmentation
+from renderssl.eval.segmentation3d import (
+    cap_points, evaluate_point_segmentation, train_point_segmentation, training_sample,
+)
 from renderssl.export import build_encoder
 from renderssl.finetune import architecture_factory
 from renderssl.models.encoders import ViTConfig, VisionTransformer
@@ -41,8 +44,9 @@ def splits():
 
 
 def cfg3d(**kw) -> DownstreamConfig:
-    base = dict(task="segmentation3d", steps=10, batch_size=2, lr=1e-2, warmup=2, device="cpu",
-                points=PointTaskConfig(grid_size=0.05))
+    # steps must exceed the warm-up: 2 warm-up steps, fewer for the shortest runs
+    base = dict(task="segmentation3d", steps=10, batch_size=2, lr=1e-2, warmup=min(2, kw.get("steps", 10) - 1),
+                device="cpu", points=PointTaskConfig(grid_size=0.05))
     return DownstreamConfig(**{**base, **kw})
 
 
@@ -88,11 +92,11 @@ def test_metrics_equal_a_brute_force_confusion_matrix(splits, arch):
             for t, p in zip(cloud.semantic.tolist(), pred.tolist()):
                 if t >= 0:
                     conf[t][p] += 1
-    assert sum(len(fuse_frames(s, stride=2)) for s in test) == num_points == metrics["num_points"]
+    assert sum(len(fuse_frames(s, stride=2)) for s in test) == num_points == metrics["num_points_total"]
     assert metrics["num_scenes"] == 2
     total = sum(map(sum, conf))
     labelled = sum(int((fuse_frames(s, stride=2).semantic >= 0).sum()) for s in test)
-    assert total == labelled < num_points  # the -1 points are counted in num_points, never scored
+    assert total == labelled == metrics["num_points"] < num_points  # the -1 points are predicted, never scored
 
     tp = [conf[k][k] for k in range(K)]
     gt = [sum(conf[k]) for k in range(K)]
@@ -241,19 +245,24 @@ def test_segmentation3d_on_ply_scenes_equals_the_in_memory_clouds(ply_folder):
     assert from_files["test_scenes"] == ["d_scan", "e_scan"]
     in_memory = run_on_splits(factory, ordered[:3], ordered[3:], cfg)
     assert same(from_files["metrics"], in_memory["metrics"])
-    assert from_files["metrics"]["num_points"] == len(ordered[3]) + len(ordered[4])
+    assert from_files["metrics"]["num_points_total"] == len(ordered[3]) + len(ordered[4])
+    assert from_files["metrics"]["num_points"] == sum(int((c.semantic >= 0).sum()) for c in ordered[3:])
     assert 0.0 <= from_files["metrics"]["miou"] <= 1.0
 
 
-def test_test_label_beyond_the_inferred_classes_names_num_classes(ply_folder):
-    """PLY clouds carry no class names: classes = largest training label + 1, checked on the test clouds."""
+def test_ply_clouds_need_the_class_list_from_the_config(ply_folder):
+    """PLY clouds carry no class names, and the largest label is no class list: the config must give it;
+    a test label outside it is refused, naming the keys."""
     root, ordered = ply_folder
+    factory = architecture_factory("pointnet2", **TINY["pointnet2"])
+    with pytest.raises(InputError, match="downstream.num_classes or downstream.points.class_names") as err:
+        run_on_splits(factory, ordered[:3], ordered[3:], cfg3d(steps=1))
+    assert "a_scan" in str(err.value)
     train_max = max(int(c.semantic.max()) for c in ordered[:3])
     test = [dataclasses.replace(ordered[3], semantic=ordered[3].semantic.clamp(max=train_max + 1))]
     test[0].semantic[0] = train_max + 1
-    factory = architecture_factory("pointnet2", **TINY["pointnet2"])
-    with pytest.raises(InputError, match="downstream.num_classes"):
-        run_on_splits(factory, ordered[:3], test, cfg3d(steps=1))
+    with pytest.raises(InputError, match=f"test scene 'd_scan' has label {train_max + 1}.*downstream.num_classes"):
+        run_on_splits(factory, ordered[:3], test, cfg3d(steps=1, num_classes=train_max + 1))
 
 
 def test_image_task_on_point_cloud_scenes_is_refused(ply_folder):
@@ -305,7 +314,7 @@ def test_compare_scratch_architectures_equal_direct_runs(tmp_path, splits):
 
 COMMON = ["--tasks", "segmentation3d", "--fractions", "1.0", "--seeds", "1"]
 # key=value items after all options: argparse (3.11) cannot split the positional items around options
-OVERRIDES = ["downstream.steps=2", "downstream.batch_size=2", "downstream.device=cpu", "data.width=32",
+OVERRIDES = ["downstream.steps=2", "downstream.warmup=1", "downstream.batch_size=2", "downstream.device=cpu", "data.width=32",
              "data.height=24", "data.views=3", "data.train_scenes=3", "data.val_scenes=0", "data.test_scenes=2"]
 
 
@@ -321,3 +330,129 @@ def test_cli_compare_with_3d_architectures(tmp_path, capsys):
                      *OVERRIDES]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "comparison.md").exists()
+
+
+# ----------------------------------------------------------------------------------------- real-cloud defaults
+
+
+def line_sample(n: int) -> dict:
+    """n points on the x axis at x = 0, 1, ..., n - 1 (distances are hand-computable), labels = index."""
+    points = torch.zeros(n, 3)
+    points[:, 0] = torch.arange(n, dtype=torch.float32)
+    return {"points": points, "colors": torch.rand(n, 3), "semantic": torch.arange(n)}
+
+
+def test_point_cap_crop_keeps_the_nearest_points_around_a_random_point():
+    cfg = PointTaskConfig(max_points=3)
+    assert (cfg.max_points, cfg.cap) == (3, "crop") and PointTaskConfig().max_points == 40000
+    centres = set()
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        centre = int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(seed)))  # the draw cap_points makes
+        out = cap_points(line_sample(10), cfg, g)
+        # by hand: the 3 points nearest x = c on a line, ties to the lower index
+        expected = {0: [0, 1, 2], 9: [7, 8, 9]}.get(centre, [centre - 1, centre, centre + 1])
+        assert out["semantic"].tolist() == expected, (seed, centre)
+        assert out["points"][:, 0].tolist() == [float(i) for i in expected]
+        centres.add(centre)
+    assert len(centres) > 3  # the centre is random
+    small = line_sample(3)
+    assert cap_points(small, cfg, torch.Generator().manual_seed(0)) is small  # within the cap: untouched
+    assert cap_points(line_sample(50), PointTaskConfig(max_points=0), torch.Generator())["points"].shape[0] == 50
+
+
+def test_point_cap_sample_keeps_a_random_subset_in_ascending_order():
+    out = cap_points(line_sample(100), PointTaskConfig(max_points=10, cap="sample"), torch.Generator().manual_seed(0))
+    kept = out["semantic"].tolist()
+    assert len(kept) == 10 == len(set(kept)) and kept == sorted(kept)
+    assert kept[-1] - kept[0] > 10  # spread over the cloud, not a crop
+    with pytest.raises(InputError, match="cap"):
+        PointTaskConfig(cap="sphere")
+
+
+def test_training_clouds_are_capped_after_grid_sampling(splits):
+    train, _ = splits
+    cloud = fuse_frames(train[0])
+    sample = {"points": cloud.points, "colors": cloud.colors, "normals": cloud.normals, "semantic": cloud.semantic}
+    cfg = PointTaskConfig(grid_size=0.0, max_points=200)
+    out = training_sample(sample, cfg, torch.Generator().manual_seed(0))
+    assert out["points"].shape[0] == 200 < len(cloud)
+    # a crop is a ball: every kept point is at least as close to the centre as every dropped one
+    g = torch.Generator().manual_seed(0)
+    moved, _, _ = augment_points(sample, cfg.augment, g)
+    centre = moved["points"][int(torch.randint(len(cloud), (1,), generator=g))]
+    dist = (moved["points"] - centre).norm(dim=1).sort().values  # (N,) the augmented cloud's distances
+    kept = (out["points"] - centre).norm(dim=1).sort().values  # (200,)
+    assert torch.allclose(kept, dist[:200], atol=1e-6)  # exactly the 200 nearest
+
+
+def test_steps_must_exceed_the_warmup_before_any_scene_is_read():
+    def unreadable():
+        raise RuntimeError("opened")
+
+    never = SceneRef("never_opened", 1, unreadable)
+    for steps, warmup in ((20, 20), (5, 20)):
+        with pytest.raises(InputError, match=rf"downstream.steps \({steps}\).*downstream.warmup \({warmup}\)"):
+            train_point_segmentation(tiny("pointnet2"), [never], cfg3d(steps=steps, warmup=warmup))
+
+
+def test_class_list_from_the_config_or_the_data(splits, ply_folder):
+    train, test = splits
+    _, ordered = ply_folder
+    encoder = tiny("pointnet2")
+    names = [f"c{k}" for k in range(13)]
+    model = train_point_segmentation(encoder, ordered[:3], cfg3d(steps=2, points=PointTaskConfig(class_names=names)))
+    assert model.num_classes == 13 and model.class_names == names  # not the largest label + 1
+    metrics = evaluate_point_segmentation(model, ordered[3:], cfg3d())
+    assert metrics["class_names"] == names and len(metrics["iou"]) == 13
+    # num_classes alone: the data's names when they count as many, else class_k
+    model = train_point_segmentation(encoder, train, cfg3d(steps=2, num_classes=NUM_CLASSES))
+    assert model.class_names == list(train[0].class_names)
+    model = train_point_segmentation(encoder, ordered[:3], cfg3d(steps=2, num_classes=12))
+    assert model.class_names == [f"class_{k}" for k in range(12)]
+    # nothing given: the data's class names
+    assert train_point_segmentation(encoder, train, cfg3d(steps=2)).class_names == list(train[0].class_names)
+    # refusals, each naming the keys
+    with pytest.raises(InputError, match="downstream.num_classes is 5 but downstream.points.class_names lists 13"):
+        train_point_segmentation(encoder, train, cfg3d(steps=2, num_classes=5, points=PointTaskConfig(class_names=names)))
+    top = max(int(s.semantic.max()) for s in train)
+    with pytest.raises(InputError, match=rf"training scene .* has label {top}.*downstream.num_classes"):
+        train_point_segmentation(encoder, train, cfg3d(steps=2, num_classes=top))
+    renamed = dataclasses.replace(train[1], class_names=list(reversed(train[1].class_names)))
+    with pytest.raises(InputError, match="different class names"):
+        train_point_segmentation(encoder, [train[0], renamed], cfg3d(steps=2))
+
+
+class ConstantModel(torch.nn.Module):
+    """Predicts class 0 for every point (a hand-computable confusion matrix)."""
+
+    num_classes, class_names = 2, ["zero", "one"]
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def predict(self, batch):
+        logits = torch.zeros(batch["points"].shape[0], 2)
+        logits[:, 0] = 1.0
+        return logits
+
+
+def tiny_cloud(name: str, labels: list[int]) -> PointCloud:
+    n = len(labels)
+    return PointCloud(points=torch.rand(n, 3), colors=torch.rand(n, 3), normals=torch.rand(n, 3),
+                      semantic=torch.tensor(labels), name=name)
+
+
+def test_metrics_count_labelled_points_only():
+    clouds = [tiny_cloud("p", [0, 0, 1, -1, -1]), tiny_cloud("q", [1, -1])]
+    metrics = evaluate_point_segmentation(ConstantModel(), clouds, cfg3d(eval_batch_size=1))
+    # by hand: labelled points 0, 0, 1, 1 all predicted 0 -> class 0: tp 2, fp 2; class 1: tp 0, fn 2
+    assert (metrics["num_points"], metrics["num_points_total"], metrics["num_scenes"]) == (4, 7, 2)
+    assert metrics["overall_acc"] == pytest.approx(2 / 4)
+    assert metrics["iou"] == pytest.approx([2 / 4, 0.0])
+    assert metrics["miou"] == pytest.approx(0.25)
+    assert metrics["mean_class_acc"] == pytest.approx((1.0 + 0.0) / 2)
+    assert metrics["class_names"] == ["zero", "one"]
+    with pytest.raises(InputError, match="'u'.*no labelled point"):
+        evaluate_point_segmentation(ConstantModel(), [tiny_cloud("u", [-1, -1])], cfg3d())

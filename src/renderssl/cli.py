@@ -10,6 +10,7 @@
     renderssl sweep mask3d_ratio_grid               pretrain a grid of configs (e.g. mask ratios), then compare
     renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
     renderssl data synth --out DIR ...              procedural scenes on disk
+    renderssl data inspect PATH [--json FILE]       what a data folder holds; camera / depth sanity; bad files
     renderssl bench render | step CONFIG | encoders  benchmarks
 """
 
@@ -28,6 +29,17 @@ def _data_synth(args) -> None:
         args.out, scenes=args.scenes, views=args.views, size=parse_size(args.size), kind=args.kind,
         formats=[f for f in args.formats.split(",") if f], seed=args.seed, preview=not args.no_preview,
     )
+
+
+def _data_inspect(args) -> None:
+    from .data.formats.options import ReadOptions
+    from .data.inspect import format_report, inspect_path, write_json
+
+    options = ReadOptions(split=args.blender_split, llff_factor=args.llff_factor)
+    report = inspect_path(args.path, max_frames=args.max_frames, options=options)
+    print(format_report(report))
+    if args.json:
+        print(f"report written to {write_json(report, args.json)}")
 
 
 def _bench_start(args, what: str):
@@ -288,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default="last.pt")
     ex.set_defaults(handler=_export)
 
-    data = verbs.add_parser("data", help="make or convert data").add_subparsers(dest="action", required=True)
+    data = verbs.add_parser("data", help="make, convert or inspect data").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write procedural RGB-D scenes (ScanNet-style and Blender layouts) and a preview")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--scenes", type=int, default=4)
@@ -299,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene i has seed + i)")
     synth.add_argument("--no-preview", action="store_true")
     synth.set_defaults(handler=_data_synth)
+    insp = data.add_parser("inspect", help="what a folder holds as the readers see it: layout, format, scenes, frames, "
+                           "sizes, depth, labels, intrinsics and pose sanity, depth reprojection, skipped files")
+    insp.add_argument("path", help="a scene folder, a folder of scenes, of .ply files or of images, or a .ply file")
+    insp.add_argument("--max-frames", type=int, default=None, help="frames read per scene (default: all)")
+    insp.add_argument("--json", default=None, metavar="FILE", help="also write the full report as JSON")
+    insp.add_argument("--blender-split", default=None, help="Blender / NeRF: read transforms_<split>.json only (data.blender_split)")
+    insp.add_argument("--llff-factor", type=int, default=None, help="LLFF: read images_<n>/ (data.llff_factor)")
+    insp.set_defaults(handler=_data_inspect)
 
     bench = verbs.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     render = bench.add_parser("render", help="Gaussian rasterizer (dense vs tiles) and volume renderer speed")

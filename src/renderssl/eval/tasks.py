@@ -109,14 +109,20 @@ def assign_tasks(entries: dict[str, str], tasks: list[str] | None) -> dict[str, 
 # ==================================================================================================
 # Configs
 # ==================================================================================================
+POINT_CAPS = ("crop", "sample")  # how a training cloud above max_points is cut down
+
+
 @dataclass
 class PointTaskConfig:
-    """How scenes become training and test clouds for the point tasks (:mod:`.segmentation3d`)."""
+    """How scenes become training and test clouds for the point tasks (:mod:`.segmentation3d`, whose
+    docstring states the choices: the point cap, the class list)."""
 
     features: str = "color_normal"  # color | color_normal: the encoder's input channels (3 | 6)
     frame_stride: int = 1  # every k-th pixel of every frame when a scene's RGB-D frames are fused
     grid_size: float = 0.02  # train-time random grid sampling, scene units (Pointcept GridSample); 0 = off
-    max_points: int = 0  # cap on points per training cloud after grid sampling; 0 = no cap
+    max_points: int = 40000  # cap on points per training cloud after grid sampling; 0 = no cap
+    cap: str = "crop"  # crop: the max_points nearest a random point (Pointcept SphereCrop) | sample: a random subset
+    class_names: list[str] | None = None  # the classes, label k = class_names[k]; None: downstream.num_classes or the data's
     augment: PointAugmentConfig = field(default_factory=PointAugmentConfig)
 
     def __post_init__(self):
@@ -124,6 +130,13 @@ class PointTaskConfig:
             raise InputError(f"PointTaskConfig.features: expected one of {list(POINT_FEATURES)}, got {self.features!r}")
         if self.frame_stride < 1 or self.grid_size < 0 or self.max_points < 0:
             raise InputError("PointTaskConfig: frame_stride must be >= 1, grid_size and max_points >= 0")
+        if self.cap not in POINT_CAPS:
+            raise InputError(f"PointTaskConfig.cap: expected one of {list(POINT_CAPS)}, got {self.cap!r}")
+        if self.class_names is not None:
+            if not self.class_names or not all(isinstance(n, str) for n in self.class_names):
+                raise InputError(f"PointTaskConfig.class_names: expected a non-empty list of names, got {self.class_names!r}")
+            if len(set(self.class_names)) != len(self.class_names):
+                raise InputError(f"PointTaskConfig.class_names: names repeat in {self.class_names!r}")
 
     @property
     def in_channels(self) -> int:
@@ -192,7 +205,7 @@ class DownstreamConfig:
 
 
 __all__ = [
-    "DEFAULT_TASKS", "DENSE_TASKS", "DownstreamConfig", "IMAGE_TASKS", "MODES", "POINT_FEATURES", "POINT_TASKS",
+    "DEFAULT_TASKS", "DENSE_TASKS", "DownstreamConfig", "IMAGE_TASKS", "MODES", "POINT_CAPS", "POINT_FEATURES", "POINT_TASKS",
     "PointTaskConfig", "TASKS", "architecture_family", "assign_tasks", "check_task_fits", "default_task",
     "features_for_channels", "task_family",
 ]
