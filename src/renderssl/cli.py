@@ -4,7 +4,8 @@
     renderssl pretrain CONFIG [key=value ...]       CONFIG: a preset (gmae_tiny, mae_base, ...) or a YAML path
     renderssl config CONFIG [key=value ...]         print the resolved config (YAML) a run of it would write
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
-    renderssl evaluate RUN                          reconstruction and (GMAE) zero-shot edges on held-out scenes
+    renderssl evaluate RUN [data.key=value ...]     reconstruction and (GMAE) zero-shot edges on held-out frames
+                                                    at the run's training resolution
     renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
                                                     (--architectures sparse_unet:small: scratch 3D encoders)
     renderssl sweep mask3d_ratio_grid               pretrain a grid of configs (e.g. mask ratios), then compare
@@ -215,7 +216,7 @@ def _evaluate(args) -> None:
     if (args.images is None) != (args.gt is None):
         raise InputError("evaluate: give both --images and --gt, or neither")
     evaluate_run(args.run, split=args.split, max_frames=args.max_frames, num_layers=args.layers,
-                 images_dir=args.images, gt_dir=args.gt)
+                 images_dir=args.images, gt_dir=args.gt, overrides=args.overrides)
 
 
 def _export(args) -> None:
@@ -285,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value applied to every run")
     sw.set_defaults(handler=_sweep)
 
-    ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run")
+    ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run, at its "
+                          "training resolution (frames brought to it by the run's data.resize)")
     ev.add_argument("run", help="a renderssl pretrain output folder")
+    ev.add_argument("overrides", nargs="*", help="data.* overrides of the run's data, e.g. data.source=DIR "
+                    "data.test_scenes=2 data.resize=stretch")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--max-frames", type=int, default=64)
     ev.add_argument("--layers", type=int, default=16, help="depth layers for GMAE zero-shot edges (paper: 16)")

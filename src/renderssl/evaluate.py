@@ -1,17 +1,34 @@
-"""``renderssl evaluate RUN``: how a pretraining run does on held-out scenes.
+"""``renderssl evaluate RUN [data.key=value ...]``: how a pretraining run does on held-out frames.
 
-- Reconstruction: PSNR and SSIM of the method's reconstruction of masked test-split frames (the
-  configured mask ratio, a fixed mask seed), over the whole image: MAE's prediction pasted into the
-  visible patches, GMAE's full rendering.
+- Resolution: the model runs at its training resolution, the input size of its encoder (``img_size`` in
+  the run's config), whatever the size of the frames: every frame is brought to it when read, by the
+  run's ``data.resize`` (``crop``: centre crop to the model's aspect ratio, then an antialiased resize;
+  ``stretch``: resize only; :mod:`renderssl.data.datasets`). ``data.width`` / ``data.height`` of an
+  override do not change this (the model has one input size).
+- Streaming: frames are read through the split's Dataset batch by batch (scenes opened one at a time,
+  no frame cache); only running sums, the edge maps at the model's size of the frames scored for edges
+  (at most ``max_frames``) and four examples for the picture are kept. ``max_frames`` = the first that
+  many readable frames of the split, in split order. A frame that cannot be read is skipped, named in
+  the log and listed in ``evaluation.json`` (``skipped``).
+- Data: the run's own data config; ``data.*`` overrides point it elsewhere (``data.source=DIR``,
+  ``data.test_scenes=2``, ``data.resize=stretch``, ...). Any data source works: synthetic, scene folders
+  or a folder of plain images (then the images' own split, :mod:`renderssl.data.formats.image_folder`).
+  An empty split is refused with one line naming the split and the keys to change.
+- Reconstruction: PSNR and SSIM (means over frames of the per-frame values) of the method's
+  reconstruction of masked frames (the configured mask ratio; the mask of a batch seeded by the index of
+  its first frame, so a frame gets the same mask at any frame size), over the whole image: MAE's
+  prediction pasted into the visible patches, GMAE's full rendering.
 - GMAE zero-shot edges (paper section 4.3): encode the whole image (mask ratio 0), sort the Gaussians
   by depth into ``num_layers`` groups, and take edges at layer discontinuities; scored with the BSDS500
-  protocol (ODS / OIS / AP) against the instance boundaries of the held-out synthetic frames, or
-  against BSDS-format ground truth for any folder of images (``--images DIR --gt DIR``; images are
-  resized to the model's input size and edge maps resized back).
+  protocol (ODS / OIS / AP) against the instance boundaries of the frames that carry instance labels
+  (at the model's size), "n/a (no instance labels)" when none does; or against BSDS-format ground truth
+  for any folder of images (``--images DIR --gt DIR``; there the whole image is scored, so images are
+  stretched to the model's input size and the edge maps stretched back, not cropped).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,42 +36,76 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.build import load_split
-from .data.scenes import SceneList
+from .data.build import image_split, load_split
+from .data.datasets import ImageDataset, collate_stacked
+from .data.formats.images import read_rgb
 from .errors import InputError
 from .eval.boundaries import evaluate_boundaries, read_bsds_ground_truth, segmentation_boundaries
 from .eval.metrics import psnr, ssim
-from .eval.zeroshot import figure_ground, layer_assignment, render_layers, zero_shot_edges
-from .experiment import ExperimentConfig, load_run
+from .eval.zeroshot import (
+    NO_INSTANCE_LABELS, figure_ground, format_scores, labelled, layer_assignment, not_available, render_layers,
+    zero_shot_edges,
+)
+from .experiment import ExperimentConfig, load_experiment, load_run
 from .methods.base import Method, StepContext
 from .viz import colorize_labels, save_grid
 
 RECONSTRUCTION_KEY = {"mae": "reconstruction + visible", "gmae": "rendering"}
+SPLIT_KEYS = {"train": "data.train_scenes", "val": "data.val_scenes", "test": "data.test_scenes"}
+EXAMPLES = 4  # frames shown in evaluation.png
 
 
-def split_frames(cfg: ExperimentConfig, split: str, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, H, W) images and (N, H, W) instance maps (-1 where a scene has none) of the first
-    ``max_frames`` frames of a split, read scene by scene (no more is decoded)."""
-    scenes = SceneList(load_split(cfg.data, split), cache_scenes=1, cache_mb=0)
-    images, instance = [], []
-    for i in range(len(scenes)):
-        for f in range(min(len(scenes[i]), max_frames - len(images))):
-            frame = scenes.frame(i, f)
-            images.append(frame["rgb"])  # (3, H, W)
-            instance.append(frame.get("instance", torch.full(frame["rgb"].shape[1:], -1, dtype=torch.int64)))  # (H, W)
-        if len(images) == max_frames:
-            break
-    return torch.stack(images), torch.stack(instance)
+def model_size(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(H, W) the run's model takes: its encoder's input size."""
+    size = cfg.method_config.encoder.img_size
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def empty_split(cfg: ExperimentConfig, split: str, why: str = "") -> InputError:
+    other = " or ".join(f"--split {s}" for s in SPLIT_KEYS if s != split)
+    return InputError(f"evaluate: the {split} split of {cfg.data.source} is empty{why}; evaluate {other}, or give the "
+                      f"{split} split data ({SPLIT_KEYS[split]}=N or data.source=DIR as overrides after the run folder)")
+
+
+def evaluation_frames(cfg: ExperimentConfig, split: str, size: tuple[int, int]) -> ImageDataset:
+    """The frames of ``split`` as an :class:`ImageDataset` at ``size`` (H, W) by ``data.resize``: samples
+    ``image`` (3, H, W) and, from scenes, ``semantic`` / ``instance`` (H, W) where the scene has them."""
+    images = image_split(cfg.data, split)
+    if images is not None:
+        if len(images) == 0:
+            raise empty_split(cfg, split, " (no images in it)")
+        return ImageDataset(images, size=size, resize=cfg.data.resize)
+    scenes = load_split(cfg.data, split)
+    if not scenes:
+        raise empty_split(cfg, split, f" ({SPLIT_KEYS[split]}={getattr(cfg.data, SPLIT_KEYS[split][5:])})")
+    dataset = ImageDataset(scenes, size=size, resize=cfg.data.resize, label_maps=True, cache_scenes=1, cache_mb=0)
+    if len(dataset) == 0:
+        raise empty_split(cfg, split, " (its scenes have no frames)")
+    return dataset
+
+
+def frame_batches(dataset, max_frames: int, batch: int, skipped: list[str]):
+    """Batches (collated dicts) of the first ``max_frames`` readable samples of ``dataset``; unreadable
+    samples are skipped and their problems appended to ``skipped``."""
+    i = taken = 0
+    while i < len(dataset) and taken < max_frames:
+        samples = []
+        while len(samples) < min(batch, max_frames - taken) and i < len(dataset):
+            try:
+                samples.append(dataset[i])
+            except InputError as err:
+                skipped.append(str(err))
+            i += 1
+        if samples:
+            taken += len(samples)
+            yield collate_stacked(samples)
 
 
 @torch.no_grad()
-def reconstruction_scores(cfg: ExperimentConfig, method: Method, images: torch.Tensor, batch: int = 16) -> dict:
-    key = RECONSTRUCTION_KEY[cfg.method]
-    recon = torch.cat([
-        method({"image": images[i:i + batch]}, StepContext(torch.Generator().manual_seed(i))).renders[key] for i in range(0, len(images), batch)
-    ])
-    return {"psnr": float(psnr(recon, images).mean()), "ssim": float(ssim(recon, images).mean()), "frames": len(images),
-            "examples": recon[:4]}
+def reconstruct(cfg: ExperimentConfig, method: Method, images: torch.Tensor, first: int) -> torch.Tensor:
+    """(B, 3, H, W) reconstruction of masked ``images``; the mask generator is seeded by ``first`` (the
+    index of the batch's first frame)."""
+    return method({"image": images}, StepContext(torch.Generator().manual_seed(first))).renders[RECONSTRUCTION_KEY[cfg.method]]
 
 
 @torch.no_grad()
@@ -76,69 +127,106 @@ def gmae_layer_pictures(method, images: torch.Tensor, num_layers: int = 4) -> tu
     return list(layers[:, 0].clamp(0, 1)), [m.float().expand(3, -1, -1) for m in masks]
 
 
-def edge_scores(edges: torch.Tensor, gt_lists: list[list[np.ndarray]]) -> dict:
-    result = evaluate_boundaries([e.numpy() for e in edges], gt_lists)
+def edge_scores(edges, gt_lists: list[list[np.ndarray]]) -> dict:
+    result = evaluate_boundaries([np.asarray(e) for e in edges], gt_lists)
     return {k: float(result[k]) for k in ("ods", "ois", "ap")}
 
 
-def zero_shot_synthetic(method, images: torch.Tensor, instance: torch.Tensor, num_layers: int) -> dict:
-    edges = gmae_edges(method, images, num_layers)
-    gt = [[segmentation_boundaries(inst.numpy())] for inst in instance]
-    return {**edge_scores(edges, gt), "num_layers": num_layers, "frames": len(images), "examples": edges[:4]}
-
-
 def zero_shot_folder(cfg: ExperimentConfig, method, images_dir, gt_dir, num_layers: int) -> dict:
-    """BSDS protocol on a folder of images with ``<stem>.mat`` ground truth in ``gt_dir``."""
-    from PIL import Image
-
+    """BSDS protocol on a folder of images with ``<stem>.mat`` ground truth in ``gt_dir``, one image at a
+    time: stretched to the model's size, edges stretched back to the image's size."""
     images_dir, gt_dir = Path(images_dir), Path(gt_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"{images_dir}: images folder not found (--images)")
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         raise InputError(f"{images_dir}: no .jpg or .png images")
-    H, W = cfg.method_config.encoder.img_size
+    H, W = model_size(cfg)
     preds, gts = [], []
     for path in paths:
         gt_path = gt_dir / f"{path.stem}.mat"
         if not gt_path.is_file():
             raise InputError(f"{path}: no ground truth {gt_path}")
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        except OSError as err:
-            raise InputError(f"{path}: unreadable image ({err})") from None
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, 3, h, w)
+        x = read_rgb(path)[None]  # (1, 3, h, w)
         edges = gmae_edges(method, F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False), num_layers)
-        preds.append(F.interpolate(edges[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0].clamp(0, 1))
+        preds.append(F.interpolate(edges[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy())
         gts.append(read_bsds_ground_truth(gt_path))
     return {**edge_scores(preds, gts), "num_layers": num_layers, "images": len(paths)}
 
 
+def data_overrides(run_dir: Path, overrides) -> ExperimentConfig | None:
+    """The run's config with ``data.*`` overrides applied (others refused: the model is the run's)."""
+    overrides = list(overrides)
+    if not overrides:
+        return None
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise InputError(f"evaluate: {bad[0]}: only data.* keys can be overridden (the model is the run's)")
+    return load_experiment(run_dir / "config.yaml", overrides)
+
+
 def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers: int = 16,
-                 images_dir=None, gt_dir=None, log=print) -> dict:
+                 images_dir=None, gt_dir=None, log=print, overrides=(), batch: int = 16) -> dict:
     run_dir = Path(run_dir)
     cfg, method = load_run(run_dir)
     if cfg.method not in RECONSTRUCTION_KEY:
         raise InputError(f"evaluate: {run_dir} is a {cfg.method} run; evaluate covers {sorted(RECONSTRUCTION_KEY)} "
                          "(score other encoders downstream with renderssl compare / finetune)")
-    images, instance = split_frames(cfg, split, max_frames)
-    recon = reconstruction_scores(cfg, method, images)
-    log(f"{cfg.method} reconstruction on {recon['frames']} {split} frames: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}")
-    result = {"method": cfg.method, "split": split, "reconstruction": recon}
-    rows = [list(images[:4]), list(recon["examples"])]
+    if max_frames < 1:
+        raise InputError(f"evaluate: --max-frames must be >= 1, got {max_frames}")
+    changed = data_overrides(run_dir, overrides)
+    if changed is not None:
+        cfg = dataclasses.replace(cfg, data=changed.data)
+    H, W = model_size(cfg)
+    dataset = evaluation_frames(cfg, split, (H, W))
+    log(f"evaluate: {cfg.method} at its training resolution {W}x{H}; {split} frames of {cfg.data.source} brought "
+        f"to it by data.resize={cfg.data.resize}")
+
+    skipped: list[str] = []
+    sums = {"psnr": 0.0, "ssim": 0.0}
+    count, edge_maps, gt_lists, examples = 0, [], [], {}
+    for b in frame_batches(dataset, max_frames, batch, skipped):
+        images = b["image"]  # (B, 3, H, W)
+        recon = reconstruct(cfg, method, images, count)  # (B, 3, H, W)
+        sums["psnr"] += float(psnr(recon, images).sum())
+        sums["ssim"] += float(ssim(recon, images).sum())
+        instance = b.get("instance")  # (B, H, W) or None
+        keep = labelled(instance) if instance is not None else torch.zeros(len(images), dtype=torch.bool)  # (B,)
+        if cfg.method == "gmae" and (bool(keep.any()) or not examples):
+            edges = gmae_edges(method, images, num_layers)  # (B, H, W)
+            if bool(keep.any()):
+                edge_maps += [e.numpy() for e in edges[keep]]
+                gt_lists += [[segmentation_boundaries(m.numpy())] for m in instance[keep]]
+        if not examples:
+            examples = {"input": list(images[:EXAMPLES]), "reconstruction": list(recon[:EXAMPLES].clamp(0, 1))}
+            if cfg.method == "gmae":
+                examples["edges"] = [e.expand(3, -1, -1) for e in edges[:EXAMPLES]]
+                if instance is not None:
+                    examples["instances"] = [colorize_labels(i) for i in instance[:EXAMPLES]]
+                examples["front"], examples["figure_ground"] = gmae_layer_pictures(method, images[:EXAMPLES])
+        count += len(images)
+    if skipped:
+        log(f"evaluate: skipped {len(skipped)} unreadable frame(s): " + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    if count == 0:
+        raise InputError(f"evaluate: no readable frame among the {split} frames of {cfg.data.source}: " + "; ".join(skipped[:3]))
+
+    recon_scores = {"psnr": sums["psnr"] / count, "ssim": sums["ssim"] / count, "frames": count}
+    log(f"{cfg.method} reconstruction on {count} {split} frames at {W}x{H}: PSNR {recon_scores['psnr']:.2f} dB, "
+        f"SSIM {recon_scores['ssim']:.3f}")
+    result = {"method": cfg.method, "split": split, "source": str(cfg.data.source), "resolution": [H, W],
+              "resize": cfg.data.resize, "reconstruction": recon_scores, "skipped": skipped}
     if cfg.method == "gmae":
-        edges = zero_shot_synthetic(method, images, instance, num_layers)
-        log(f"zero-shot edges ({num_layers} layers) vs instance boundaries: ODS {edges['ods']:.3f}, OIS {edges['ois']:.3f}, AP {edges['ap']:.3f}")
+        if edge_maps:
+            edges = {**edge_scores(edge_maps, gt_lists), "num_layers": num_layers, "frames": len(edge_maps)}
+        else:
+            edges = not_available(NO_INSTANCE_LABELS, num_layers=num_layers, frames=0)
+        where = f" ({len(edge_maps)} of {count} frames have them)" if edge_maps and len(edge_maps) < count else ""
+        log(f"zero-shot edges ({num_layers} layers) vs instance boundaries: {format_scores(edges)}{where}")
         result["zero_shot_edges"] = edges
-        rows.append([e.expand(3, -1, -1) for e in edges["examples"]])
-        rows.append([colorize_labels(i) for i in instance[:4]])
-        front, masks = gmae_layer_pictures(method, images[:4])
-        rows += [front, masks]
         if images_dir is not None:
             result["bsds"] = zero_shot_folder(cfg, method, images_dir, gt_dir, num_layers)
-            log(f"zero-shot edges on {images_dir}: ODS {result['bsds']['ods']:.3f}, OIS {result['bsds']['ois']:.3f}, AP {result['bsds']['ap']:.3f}")
-    picture = save_grid(rows, run_dir / "evaluation.png", scale=2)  # rows: input, reconstruction[, edges, instances, front layer, figure-ground]
-    for part in ("reconstruction", "zero_shot_edges"):
-        result.get(part, {}).pop("examples", None)
+            log(f"zero-shot edges on {images_dir}: {format_scores(result['bsds'])}")
+    picture = save_grid(list(examples.values()), run_dir / "evaluation.png", scale=2)
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
-    log(f"wrote {run_dir / 'evaluation.json'} and {picture}")
+    log(f"wrote {run_dir / 'evaluation.json'} and {picture} (rows: {', '.join(examples)})")
     return result

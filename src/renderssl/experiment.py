@@ -131,7 +131,7 @@ def pretraining_data(cfg: ExperimentConfig, split: str = "pretrain"):
     the train split); the val and test scenes are never in it."""
     from .data.build import sample_dataset
 
-    return sample_dataset(RECIPES[cfg.method].sample_type, cfg.data, split)
+    return sample_dataset(RECIPES[cfg.method].sample_type, cfg.data, split, recipe=cfg.method)
 
 
 # ---- earlier stages --------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ ENCODER_DIR = "encoder"
 
 def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
     """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0."""
-    from .data.build import split_manifest
+    from .data.build import is_image_source, split_manifest
     from .train import Trainer
     from .train.distributed import launcher_rank
 
@@ -199,8 +199,11 @@ def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
         path = Path(cfg.train.out_dir) / "splits.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(manifest, indent=1))
-        print(f"data: {cfg.data.source} has fewer scenes than the splits need (or data.split_by=frames): split by "
-              f"frames within each scene; frame lists in {path}")
+        if is_image_source(cfg.data.source):
+            print(f"data: the image lists of the split above in {path}")
+        else:
+            print(f"data: {cfg.data.source} has fewer scenes than the splits need (or data.split_by=frames): split by "
+                  f"frames within each scene; frame lists in {path}")
     summary = trainer.fit(resume)
     if launcher_rank() == 0:
         export_method_encoder(cfg, method, Path(cfg.train.out_dir) / ENCODER_DIR, steps=summary.steps_done)

@@ -20,6 +20,12 @@ than they fine-tune on (ImageNet, all of ScanNet):
 
 Listing is cheap (:class:`~renderssl.data.scenes.SceneRef`: seeds, folder names, frame counts from
 directory listings); scenes are opened and frames decoded when a Dataset reads them.
+
+A folder of plain images (no scene files anywhere in it; any nesting: flat, BSDS500-style
+``{train,val,test}/``, ImageNet-style class folders) is a source for the image recipes (GMAE, MAE) only,
+split by image (:mod:`renderssl.data.formats.image_folder` states the rule; it is printed, and the image
+lists are the run's ``splits.json``); as ``data.pretrain_source`` all of its images are the pool. A
+recipe of another sample type given one stops with a one-line error naming the recipe.
 """
 
 from __future__ import annotations
@@ -128,8 +134,13 @@ def frame_split(refs: list[SceneRef], cfg: DataConfig) -> dict[str, list[SceneRe
 
 
 def split_manifest(cfg: DataConfig) -> dict | None:
-    """For a source split by frames: ``{split: {scene: [frame indices]}}`` (written beside a run); else None."""
-    if cfg.source == "synthetic" or not splits_by_frames(cfg, len(scene_folders(cfg.source))):
+    """For a source split by frames: ``{split: {scene: [frame indices]}}`` (written beside a run); for a
+    folder of plain images ``{split: {folder: [image paths relative to it]}}``; else None."""
+    if cfg.source == "synthetic":
+        return None
+    if is_image_source(cfg.source):
+        return {split: {str(cfg.source): files.names()} for split, files in image_splits(cfg, cfg.source)[0].items()}
+    if not splits_by_frames(cfg, len(scene_folders(cfg.source))):
         return None
     return {split: {ref.name: list(ref.frames) for ref in load_split(cfg, split)} for split in SPLITS}
 
@@ -177,15 +188,69 @@ def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:
     return [scene_ref(f, cfg) for f in folders]
 
 
-def sample_dataset(sample_type: str, cfg: DataConfig, split: str):
-    """(Dataset, collate_fn) of ``split`` in ``sample_type`` samples at the configured size."""
+def is_image_source(source) -> bool:
+    """Whether ``source`` (a data.source / data.pretrain_source value) is a folder of plain images."""
+    from .formats.image_folder import is_image_source as is_images
+
+    return source is not None and source != "synthetic" and is_images(source)
+
+
+def image_splits(cfg: DataConfig, source):
+    """({train, val, test: ImageFiles}, the rule in one line) of a folder of plain images
+    (:func:`~renderssl.data.formats.image_folder.image_source_splits`: the folder's own train/val/test
+    sub-folders, else a permutation seeded by data.seed in the proportions of data.*_scenes)."""
+    from .formats.image_folder import image_source_splits
+
+    return image_source_splits(source, (cfg.train_scenes, cfg.val_scenes, cfg.test_scenes), cfg.seed)
+
+
+def image_split(cfg: DataConfig, split: str):
+    """The :class:`~renderssl.data.formats.image_folder.ImageFiles` of ``split`` when it comes from a folder
+    of plain images (data.source, or data.pretrain_source for the pretraining pool), else None. The pool of
+    an image data.pretrain_source is all of its images, none of them a val or test image of data.source."""
+    from .formats.image_folder import all_images
+
+    if split == POOL and cfg.pretrain_source is not None:
+        if not is_image_source(cfg.pretrain_source):
+            return None
+        pool = all_images(cfg.pretrain_source)
+        print(f"data: pretraining pool data.pretrain_source={cfg.pretrain_source}: all of its {len(pool)} plain images")
+        if is_image_source(cfg.source):
+            held, _ = image_splits(cfg, cfg.source)
+            held_out = {held[s].path(i).resolve() for s in ("val", "test") for i in range(len(held[s]))}
+            clash = next((pool.path(i) for i in range(len(pool)) if pool.path(i).resolve() in held_out), None)
+            if clash is not None:
+                raise InputError(f"data.pretrain_source: {clash} is a val or test image of data.source; "
+                                 "pretraining must not see held-out images")
+        return pool
+    if not is_image_source(cfg.source):
+        return None
+    files, rule = image_splits(cfg, cfg.source)
+    if split in (POOL, "train"):
+        print(f"data: data.source={rule}")
+    return files["train" if split == POOL else split]
+
+
+def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | None = None):
+    """(Dataset, collate_fn) of ``split`` in ``sample_type`` samples at the configured size, frames brought
+    to it by ``data.resize``. A folder of plain images serves the image sample type only; ``recipe`` names
+    the recipe in the error a recipe of another sample type gets for it."""
     from .datasets import ImageDataset, RGBDFrameDataset, collate_stacked
 
+    size, resize = (cfg.height, cfg.width), cfg.resize
+    images = image_split(cfg, split)
+    if images is not None:
+        if sample_type != "image":
+            folder = cfg.pretrain_source if split == POOL and cfg.pretrain_source is not None else cfg.source
+            raise InputError(f"{recipe or 'this recipe'} trains on {sample_type} samples and needs posed RGB-D scenes "
+                             f"(ScanNet, 7-Scenes, Blender, LLFF or synthetic), but {folder} is a folder of plain "
+                             "images (usable by the image recipes gmae and mae)")
+        return ImageDataset(images, size=size, resize=resize), None
     scenes = load_split(cfg, split)
     # each DataLoader worker holds its own caches: the budget is shared among them
-    size, caches = (cfg.height, cfg.width), {"cache_scenes": cfg.cache_scenes, "cache_mb": cfg.cache_mb / max(1, cfg.workers)}
+    caches = {"cache_scenes": cfg.cache_scenes, "cache_mb": cfg.cache_mb / max(1, cfg.workers)}
     if sample_type == "rgbd":
-        return RGBDFrameDataset(scenes, size=size, **caches), collate_stacked
+        return RGBDFrameDataset(scenes, size=size, resize=resize, **caches), collate_stacked
     if sample_type == "image":
-        return ImageDataset(scenes, size=size, **caches), None
+        return ImageDataset(scenes, size=size, resize=resize, **caches), None
     raise InputError(f"no Dataset for sample type {sample_type!r} yet (known: image, rgbd)")

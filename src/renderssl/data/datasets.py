@@ -11,7 +11,8 @@ indexed by frame need each scene's length up front: SceneRefs carry it; for load
 Sample types (shapes per sample; ``collate_*`` adds a leading batch dim B):
 
 ``ImageDataset`` -> ``collate_stacked``
-    image (3, H, W) float32 [0, 1]; label () int64 (when labels exist)
+    image (3, H, W) float32 [0, 1]; label () int64 (when labels exist); with ``label_maps=True`` and
+    scenes as the source also semantic, instance (H, W) int64 (when the scene has them)
 ``RGBDFrameDataset`` -> ``collate_stacked``
     rgb (3, H, W); depth (1, H, W) metres, 0 = invalid; K (3, 3) pixels; c2w (4, 4) OpenCV;
     semantic, instance (H, W) int64 -1 = ignore (when the scene has them); scene, frame (str);
@@ -26,10 +27,24 @@ Sample types (shapes per sample; ``collate_*`` adds a leading batch dim B):
 
 Batches of label maps where only some samples carry labels are filled with -1 (ignore). Randomness
 (view selection) comes from a per-sample generator seeded by (seed, epoch, index): no global RNG.
+
+Size: given ``size=(H, W)`` every frame is brought to it when read, by ``resize``
+(``data.resize``; :mod:`renderssl.data.formats.images` states the exact rule):
+
+- ``crop`` (default): the largest centred window of the target's aspect ratio, then a resize of it, so
+  a 640x480 (4:3) frame for a 64x64 model becomes its central 480x480, resized: cropped, not squashed;
+- ``stretch``: the whole frame resized to (H, W), its aspect ratio changed when it differs.
+
+Colour is resized antialiased bilinear; depth, normals and label maps by the nearest pixel centre (every
+output depth is an input depth: no depth is invented across an edge, holes stay holes); K follows exactly
+(the crop shifts cx, cy, the resize scales fx, cx and fy, cy per axis). The first frame of each size that
+is cropped, or stretched to another aspect ratio, is reported once per process (a warning naming both
+sizes and the mode).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,8 +53,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .formats.image_folder import ImageFolder, read_image_folder
-from .formats.images import resize_rgb
+from .formats.image_folder import ImageFiles, ImageFolder, read_image_folder
+from .formats.images import RESIZE_MODES, crop_window, fit_image, fit_intrinsics, fit_nearest
 from .scenes import SceneList
 from .types import PointCloud, ViewSet
 
@@ -78,21 +93,80 @@ def frame_depth(frame: dict, scene, require: bool, where: str) -> Tensor:
     return torch.zeros_like(frame["rgb"][:1])
 
 
+# ---- bringing frames to the configured size ------------------------------------------------------
+IMAGE_KEYS = ("rgb", "image")  # colour: antialiased bilinear
+NEAREST_KEYS = ("depth", "normals", "semantic", "instance")  # by nearest pixel centre
+_REPORTED: set = set()  # (from, to, mode) already reported in this process
+
+
+def check_resize_mode(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise InputError(f"resize: {mode!r} is not one of {list(RESIZE_MODES)} (data.resize)")
+    return mode
+
+
+def report_resize(height: int, width: int, target_height: int, target_width: int, mode: str) -> None:
+    """Say once per process and size how frames of height x width are brought to the target."""
+    key = (height, width, target_height, target_width, mode)
+    if (height, width) == (target_height, target_width) or key in _REPORTED:
+        return
+    _REPORTED.add(key)
+    top, left, h, w = crop_window(height, width, target_height, target_width, mode)
+    if (h, w) != (height, width):
+        how = (f"centre-cropped to {w}x{h} (the target's aspect ratio) and resized to {target_width}x{target_height} "
+               "(data.resize=crop; data.resize=stretch would squash them instead)")
+    elif width * target_height != height * target_width:
+        how = f"stretched to {target_width}x{target_height}, changing their aspect ratio (data.resize=stretch)"
+    else:  # the same aspect ratio: nothing to say
+        return
+    warnings.warn(f"frames of {width}x{height} (WxH) are {how}", stacklevel=3)
+
+
+def fit_frame(sample: dict, height: int, width: int, mode: str = "crop") -> dict:
+    """A sample (any of rgb / image (3, H, W), depth (1, H, W), normals (3, H, W), semantic / instance
+    (H, W), K (3, 3)) brought to (height, width) by ``mode`` (see the module docstring); other keys kept."""
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None:
+        raise InputError("fit_frame: the sample has no 'rgb' or 'image'")
+    h, w = sample[key].shape[-2:]
+    if (h, w) == (height, width):
+        return sample
+    report_resize(h, w, height, width, mode)
+    out = dict(sample)
+    for k in IMAGE_KEYS:
+        if k in sample:
+            out[k] = fit_image(sample[k].float(), height, width, mode)  # (3, height, width)
+    for k in NEAREST_KEYS:
+        if k in sample:
+            if tuple(sample[k].shape[-2:]) != (h, w):
+                raise InputError(f"fit_frame: '{k}' is {tuple(sample[k].shape[-2:])} but the colour is {(h, w)} (HxW)")
+            out[k] = fit_nearest(sample[k], height, width, mode)  # (..., height, width)
+    if "K" in sample:
+        out["K"] = fit_intrinsics(sample["K"], h, w, height, width, mode)  # (3, 3)
+    return out
+
+
 # ---- images ---------------------------------------------------------------------------------------
 class ImageDataset(Dataset):
-    """Single images: from an image folder (path or :class:`ImageFolder`; label = class index) or from
-    the rgb of ViewSets (label = ``labels[scene]`` when given). ``size=(H, W)`` resizes every image
-    (antialiased bilinear) so batches stack; without it images of different sizes cannot be batched."""
+    """Single images: from a class-per-folder image folder (path or :class:`ImageFolder`; label = class
+    index), from plain image files (:class:`ImageFiles`, an image source's split; no label) or from the
+    rgb of scenes (label = ``labels[scene]`` when given). ``size=(H, W)`` brings every image to that size
+    by ``resize`` (module docstring) so batches stack; without it images of different sizes cannot be
+    batched. ``label_maps``: samples from scenes also carry the frame's semantic / instance maps (fitted
+    the same way), for evaluation."""
 
     def __init__(self, source, labels: Sequence[int] | None = None, size: tuple[int, int] | None = None,
-                 lengths: Sequence[int] | None = None, cache_scenes: int = 64, cache_mb: float = 512.0):
+                 lengths: Sequence[int] | None = None, cache_scenes: int = 64, cache_mb: float = 512.0,
+                 resize: str = "crop", label_maps: bool = False):
         self.size = tuple(size) if size is not None else None
+        self.resize, self.label_maps = check_resize_mode(resize), label_maps
         if isinstance(source, (str, Path)):
             source = read_image_folder(source)
-        if isinstance(source, ImageFolder):
-            self.folder, self.scenes, self.class_names = source, None, list(source.class_names)
+        if isinstance(source, (ImageFolder, ImageFiles)):
+            self.folder, self.scenes = source, None
+            self.class_names = list(source.class_names) if isinstance(source, ImageFolder) else []
             if labels is not None:
-                raise InputError("ImageDataset: labels come from the folder names; do not pass labels")
+                raise InputError("ImageDataset: labels come from the folder names (or there are none); do not pass labels")
             self.labels = None
         else:
             self.folder, self.scenes, self.class_names = None, SceneList(source, ViewSet, cache_scenes, cache_mb), []
@@ -106,14 +180,18 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         if self.folder is not None:
-            image, label = self.folder[idx]  # (3, H, W), int
+            image, label = self.folder[idx]  # (3, H, W), int or None
+            sample = {"image": image}
         else:
             scene, frame = self.index.locate(idx)
-            image = self.scenes.frame(scene, frame)["rgb"]  # (3, H, W)
+            data = self.scenes.frame(scene, frame)
+            sample = {"image": data["rgb"]}  # (3, H, W)
+            if self.label_maps:
+                sample.update({k: data[k] for k in ("semantic", "instance") if k in data})  # (H, W)
             label = None if self.labels is None else self.labels[scene]
         if self.size is not None:
-            image = resize_rgb(image, self.size[1], self.size[0])  # (3, h, w)
-        sample = {"image": image.float()}
+            sample = fit_frame(sample, *self.size, self.resize)  # image (3, h, w)
+        sample["image"] = sample["image"].float()
         if label is not None:
             sample["label"] = torch.tensor(label, dtype=torch.int64)
         return sample
@@ -121,13 +199,15 @@ class ImageDataset(Dataset):
 
 # ---- RGB-D frames ---------------------------------------------------------------------------------
 class RGBDFrameDataset(Dataset):
-    """Every frame of every scene as one RGB-D sample (keys in the module docstring)."""
+    """Every frame of every scene as one RGB-D sample (keys in the module docstring); ``size=(H, W)``
+    brings every frame to that size by ``resize`` (module docstring), K following."""
 
     def __init__(self, scenes, require_depth: bool = True, lengths: Sequence[int] | None = None, cache_scenes: int = 64,
-                 size: tuple[int, int] | None = None, cache_mb: float = 512.0):
+                 size: tuple[int, int] | None = None, cache_mb: float = 512.0, resize: str = "crop"):
         self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.require_depth = require_depth
         self.size = tuple(size) if size is not None else None  # (H, W): resample every frame, K follows
+        self.resize = check_resize_mode(resize)
         self.index = FrameIndex(self.scenes.lengths(lengths))
 
     def __len__(self) -> int:
@@ -136,7 +216,7 @@ class RGBDFrameDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         scene, frame = self.index.locate(idx)
         sample = self._frame(scene, frame)
-        return sample if self.size is None else resize_frame(sample, *self.size)
+        return sample if self.size is None else resize_frame(sample, *self.size, self.resize)
 
     def _frame(self, scene: int, frame: int) -> dict:
         vs, data = self.scenes[scene], self.scenes.frame(scene, frame)
@@ -156,23 +236,11 @@ class RGBDFrameDataset(Dataset):
         return sample
 
 
-def resize_frame(sample: dict, height: int, width: int) -> dict:
-    """An RGB-D sample resampled to (height, width): colour antialiased bilinear, depth and labels by
-    nearest pixel centre (holes stay holes, no depth is invented across edges), K scaled to match."""
-    from .formats.images import resize_labels, resize_rgb
-
-    h, w = sample["rgb"].shape[-2:]
-    if (h, w) == (height, width):
-        return sample
-    out = dict(sample, rgb=resize_rgb(sample["rgb"], width, height), depth=resize_labels(sample["depth"][0], width, height)[None])
-    for key in ("semantic", "instance"):
-        if key in sample:
-            out[key] = resize_labels(sample[key], width, height)
-    K = sample["K"].clone()
-    K[0] *= width / w
-    K[1] *= height / h
-    out["K"] = K
-    return out
+def resize_frame(sample: dict, height: int, width: int, mode: str = "crop") -> dict:
+    """An RGB-D sample brought to (height, width) by ``mode`` (crop | stretch; the module docstring):
+    colour antialiased bilinear, depth and labels by nearest pixel centre (holes stay holes, no depth is
+    invented across edges), K following exactly."""
+    return fit_frame(sample, height, width, check_resize_mode(mode))
 
 
 # ---- multi-view -----------------------------------------------------------------------------------
@@ -207,15 +275,18 @@ class MultiViewDataset(Dataset):
 
     Views are chosen by :func:`select_overlapping_views` with a generator seeded by (seed, epoch, index),
     so a sample is a pure function of its index; call :meth:`set_epoch` to draw new views each epoch.
+    ``size=(H, W)`` brings every view to that size by ``resize`` (module docstring), K following.
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
-                 pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0):
+                 pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0,
+                 size: tuple[int, int] | None = None, resize: str = "crop"):
         if num_views < 1 or samples_per_scene < 1:
             raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1, got {num_views}, {samples_per_scene}")
         self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.num_views, self.samples_per_scene, self.seed, self.pool = num_views, samples_per_scene, seed, pool
         self.require_depth, self.epoch = require_depth, 0
+        self.size, self.resize = (tuple(size) if size is not None else None), check_resize_mode(resize)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -231,11 +302,15 @@ class MultiViewDataset(Dataset):
         if len(vs) < self.num_views:
             raise InputError(f"MultiViewDataset: scene {vs.name!r} has {len(vs)} views, fewer than num_views={self.num_views}")
         ids = select_overlapping_views(vs.c2w, self.num_views, sample_generator(self.seed, self.epoch, idx), self.pool)  # (V,)
-        frames = [self.scenes.frame(scene, int(i)) for i in ids]
+        frames = []
+        for i in ids:
+            f = self.scenes.frame(scene, int(i))
+            f = dict(f, depth=frame_depth(f, vs, self.require_depth, "MultiViewDataset"), K=vs.K[int(i)].float())
+            frames.append(f if self.size is None else fit_frame(f, *self.size, self.resize))
         sample = {
             "rgb": torch.stack([f["rgb"] for f in frames]),  # (V, 3, H, W)
-            "depth": torch.stack([frame_depth(f, vs, self.require_depth, "MultiViewDataset") for f in frames]),  # (V, 1, H, W)
-            "K": vs.K[ids].float(),  # (V, 3, 3)
+            "depth": torch.stack([f["depth"] for f in frames]),  # (V, 1, H, W)
+            "K": torch.stack([f["K"] for f in frames]),  # (V, 3, 3)
             "c2w": vs.c2w[ids].float(),  # (V, 4, 4)
             "view_ids": ids.long(),  # (V,)
             "scene": vs.name,

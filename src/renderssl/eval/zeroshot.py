@@ -34,6 +34,11 @@ Choices the paper leaves open (ours):
   to 2 groups, while L stays divisible), all taken from the one set of L cumulative renders, so an edge
   present at every granularity scores 1 and a fine-only edge scores 1/levels. This gives the BSDS
   benchmark a graded map and a real PR curve.
+- **Scores without labels**: a metric whose ground truth the data does not have (edges need instance
+  labels; label-based scores need semantic labels) is not a number: :func:`not_available` records it as
+  ``None`` values with an ``"n/a"`` reason (``"no instance labels"``, ``"no semantic labels"``), and
+  :func:`format_scores` prints ``n/a (no instance labels)``, never 0.000. Only frames that carry labels
+  are scored (:func:`labelled`: a label map with at least one pixel >= 0).
 """
 
 from __future__ import annotations
@@ -48,6 +53,30 @@ from ..render.splat import Gaussians, rasterize
 
 DEFAULT_THRESHOLD = 0.1
 BSDS_NUM_LAYERS = 16  # the paper's setting for BSDS500 (Table 4)
+NO_INSTANCE_LABELS = "no instance labels"
+NO_SEMANTIC_LABELS = "no semantic labels"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scores that need labels the data may not have
+# ---------------------------------------------------------------------------------------------------
+
+
+def labelled(maps: Tensor) -> Tensor:
+    """Which label maps (B, H, W) carry labels (any pixel >= 0; -1 = ignore): (B,) bool."""
+    return (maps >= 0).flatten(1).any(dim=1)
+
+
+def not_available(reason: str, keys=("ods", "ois", "ap"), **extra) -> dict:
+    """A score that cannot be computed: every key None, ``"n/a"`` = the reason (e.g. NO_INSTANCE_LABELS)."""
+    return {**{k: None for k in keys}, "n/a": reason, **extra}
+
+
+def format_scores(scores: dict, keys=("ods", "ois", "ap"), digits: int = 3) -> str:
+    """``ODS 0.412, OIS 0.431, AP 0.301``, or ``n/a (no instance labels)`` for :func:`not_available` scores."""
+    if scores.get("n/a"):
+        return f"n/a ({scores['n/a']})"
+    return ", ".join(f"{k.upper()} {scores[k]:.{digits}f}" for k in keys)
 
 
 # ---------------------------------------------------------------------------------------------------

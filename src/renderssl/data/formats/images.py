@@ -1,5 +1,7 @@
 """Shared file io for the format readers and writers: images, depth and label PNGs, matrix text
-files, pose validation and the bookkeeping of skipped frames.
+files, pose validation and the bookkeeping of skipped frames; and the resizing that brings frames to
+the configured size (``data.resize``: centre crop to the aspect ratio then resize, or stretch; K
+follows exactly, see "bringing frames to a target size" below).
 
 Every function here turns a PIL/numpy/OS failure into an :class:`InputError` naming the file, so
 readers never surface a deep traceback.
@@ -16,6 +18,7 @@ On-disk encodings (converted here, once):
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -144,21 +147,81 @@ def to_uint8(img: Tensor) -> np.ndarray:
 
 
 def resize_rgb(rgb: Tensor, width: int, height: int) -> Tensor:
-    """(3, H, W) -> (3, height, width), antialiased bilinear on pixel centres (align_corners=False)."""
+    """(C, H, W) -> (C, height, width), antialiased bilinear on pixel centres (align_corners=False)."""
     if rgb.shape[-2:] == (height, width):
         return rgb
     out = torch.nn.functional.interpolate(rgb[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return out[0].clamp(0, 1)
 
 
+def resize_nearest(x: Tensor, width: int, height: int) -> Tensor:
+    """(..., H, W) -> (..., height, width) by the nearest pixel centre: output pixel (i, j) takes input
+    pixel (floor((i + 0.5) H / height), floor((j + 0.5) W / width)), so every output value is an input
+    value (labels stay labels, depth is never interpolated across an edge, holes stay holes)."""
+    if x.shape[-2:] == (height, width):
+        return x
+    H, W = x.shape[-2:]
+    rows = ((torch.arange(height) + 0.5) * H / height).floor().long().clamp(max=H - 1)  # (height,)
+    cols = ((torch.arange(width) + 0.5) * W / width).floor().long().clamp(max=W - 1)  # (width,)
+    return x[..., rows, :][..., cols]
+
+
 def resize_labels(labels: Tensor, width: int, height: int) -> Tensor:
-    """(H, W) int64 -> (height, width) by nearest pixel centre."""
-    if labels.shape[-2:] == (height, width):
-        return labels
-    H, W = labels.shape[-2:]
-    rows = ((torch.arange(height) + 0.5) * H / height).floor().long().clamp(max=H - 1)
-    cols = ((torch.arange(width) + 0.5) * W / width).floor().long().clamp(max=W - 1)
-    return labels[rows][:, cols]
+    """(H, W) int64 -> (height, width) by nearest pixel centre (:func:`resize_nearest`)."""
+    return resize_nearest(labels, width, height)
+
+
+# ---- bringing frames to a target size: centre crop to the aspect ratio, or stretch ------------------
+#
+# ``crop`` (the default, ``data.resize``): the largest centred window of the target's aspect ratio,
+# then a resize of that window. With W x H in and w x h out the window is
+#     too wide  (W h > H w): width  round(H w / h), height H, left = (W - width) // 2, top 0
+#     too tall  (W h < H w): height round(W h / w), width  W, top = (H - height) // 2, left 0
+# (round half up, integer pixel offsets, so the crop is a plain slice and K follows exactly). The window
+# is then resized to w x h with per-axis scales sx = w / width, sy = h / height (equal up to the rounding
+# of the window). ``stretch``: the window is the whole frame (sx, sy differ for another aspect ratio).
+# With pixel centres at half-integers a continuous pixel coordinate u maps to (u - left) sx, so
+#     fx' = fx sx,  cx' = (cx - left) sx,  fy' = fy sy,  cy' = (cy - top) sy
+# and a 3D point projects to the same place of the scene in the new image as in the old one.
+RESIZE_MODES = ("crop", "stretch")
+
+
+def crop_window(height: int, width: int, target_height: int, target_width: int, mode: str = "crop") -> tuple[int, int, int, int]:
+    """(top, left, window height, window width) of a height x width frame brought to the target by
+    ``mode`` (see above; ``stretch``: the whole frame)."""
+    if mode not in RESIZE_MODES:
+        raise InputError(f"resize mode {mode!r} is not one of {list(RESIZE_MODES)} (data.resize)")
+    if mode == "stretch" or width * target_height == height * target_width:
+        return 0, 0, height, width
+    if width * target_height > height * target_width:  # too wide: keep the full height
+        w = min(width, max(1, int(math.floor(height * target_width / target_height + 0.5))))
+        return 0, (width - w) // 2, height, w
+    h = min(height, max(1, int(math.floor(width * target_height / target_width + 0.5))))
+    return (height - h) // 2, 0, h, width
+
+
+def fit_intrinsics(K: Tensor, height: int, width: int, target_height: int, target_width: int, mode: str = "crop") -> Tensor:
+    """(..., 3, 3) pixel intrinsics of a height x width frame -> those of the frame brought to
+    target_height x target_width by ``mode`` (crop shifts cx, cy; the resize scales rows 0 and 1)."""
+    top, left, h, w = crop_window(height, width, target_height, target_width, mode)
+    K = K.clone()
+    K[..., 0, 2] -= left
+    K[..., 1, 2] -= top
+    K[..., 0, :] *= target_width / w
+    K[..., 1, :] *= target_height / h
+    return K
+
+
+def fit_image(img: Tensor, target_height: int, target_width: int, mode: str = "crop") -> Tensor:
+    """(C, H, W) colour in [0, 1] -> (C, target_height, target_width): crop window, antialiased bilinear."""
+    top, left, h, w = crop_window(*img.shape[-2:], target_height, target_width, mode)
+    return resize_rgb(img[..., top:top + h, left:left + w], target_width, target_height)
+
+
+def fit_nearest(x: Tensor, target_height: int, target_width: int, mode: str = "crop") -> Tensor:
+    """(..., H, W) depth, normals or labels -> (..., target_height, target_width): crop window, nearest."""
+    top, left, h, w = crop_window(*x.shape[-2:], target_height, target_width, mode)
+    return resize_nearest(x[..., top:top + h, left:left + w], target_width, target_height)
 
 
 # ---- depth and labels -----------------------------------------------------------------------------
