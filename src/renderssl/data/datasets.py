@@ -96,7 +96,6 @@ def frame_depth(frame: dict, scene, require: bool, where: str) -> Tensor:
 # ---- bringing frames to the configured size ------------------------------------------------------
 IMAGE_KEYS = ("rgb", "image")  # colour: antialiased bilinear
 NEAREST_KEYS = ("depth", "normals", "semantic", "instance")  # by nearest pixel centre
-_REPORTED: set = set()  # (from, to, mode) already reported in this process
 
 
 def check_resize_mode(mode: str) -> str:
@@ -106,11 +105,10 @@ def check_resize_mode(mode: str) -> str:
 
 
 def report_resize(height: int, width: int, target_height: int, target_width: int, mode: str) -> None:
-    """Say once per process and size how frames of height x width are brought to the target."""
-    key = (height, width, target_height, target_width, mode)
-    if (height, width) == (target_height, target_width) or key in _REPORTED:
+    """Say how frames of height x width are brought to the target (a warning: Python shows each distinct
+    message once)."""
+    if (height, width) == (target_height, target_width):
         return
-    _REPORTED.add(key)
     top, left, h, w = crop_window(height, width, target_height, target_width, mode)
     if (h, w) != (height, width):
         how = (f"centre-cropped to {w}x{h} (the target's aspect ratio) and resized to {target_width}x{target_height} "

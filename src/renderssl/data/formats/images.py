@@ -333,7 +333,7 @@ def share_intrinsics(K: Tensor, fmt: str) -> Tensor:
 
 # ---- skipped frames -------------------------------------------------------------------------------
 class SkipLog:
-    """Collects frames a reader dropped (bad pose) and reports them once."""
+    """Collects frames a reader dropped (bad pose, unreadable file, wrong size) and reports them once."""
 
     def __init__(self, where):
         self.where = where
@@ -345,7 +345,7 @@ class SkipLog:
     def report(self) -> list[str]:
         if self.items:
             head = ", ".join(self.items[:3]) + (", ..." if len(self.items) > 3 else "")
-            warnings.warn(f"{self.where}: skipped {len(self.items)} frame(s) with unusable poses: {head}", stacklevel=3)
+            warnings.warn(f"{self.where}: skipped {len(self.items)} frame(s) that cannot be used: {head}", stacklevel=3)
         return list(self.items)
 
 
