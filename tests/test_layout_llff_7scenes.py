@@ -215,7 +215,7 @@ def box(rgb: torch.Tensor, n: int) -> torch.Tensor:
 def test_llff_factor_chosen_by_the_configured_size(llff_root, height, width, factor):
     ref = load_split(DataConfig(source=str(llff_root), width=width, height=height, train_scenes=1, val_scenes=0,
                                 test_scenes=0), "train")[0]
-    scene_ = ref.open()
+    scene_ = ref.opener()  # the LLFF scene itself (ref.open() also fits its frames to the size)
     assert scene_.llff_factor == factor and scene_.image_dir.name == ("images" if factor == 1 else f"images_{factor}")
     assert (scene_.width, scene_.height) == (LW // factor, LH // factor) and ref.num_frames == len(scene_) == 4
 

@@ -56,9 +56,25 @@ def test_lazily_read_scannet_folder_equals_the_eager_reader(tmp_path):
     synth = SyntheticConfig(num_views=5, width=20, height=12)
     for i in range(4):
         write_scannet(generate_scene(i, synth), tmp_path / f"scene{i:02d}")
-    data = DataConfig(source=str(tmp_path), train_scenes=3, val_scenes=0, test_scenes=1)
+    data = DataConfig(source=str(tmp_path), train_scenes=3, val_scenes=0, test_scenes=1, width=20, height=12)
     eager = [read_scannet(tmp_path / f"scene{i:02d}") for i in range(3)]
     same_samples(RGBDFrameDataset(eager), RGBDFrameDataset(load_split(data, "train")))
+
+
+def test_folder_frames_are_brought_to_the_configured_size_when_read(tmp_path):
+    """A 4:3 scene read for a square model: centre-cropped then resized, K following exactly, so a world
+    point projects to the same place relative to the crop."""
+    synth = SyntheticConfig(num_views=3, width=40, height=30)
+    vs = generate_scene(5, synth)
+    write_scannet(vs, tmp_path / "s")
+    data = DataConfig(source=str(tmp_path / "s"), train_scenes=1, val_scenes=0, test_scenes=0, width=16, height=16)
+    ds = RGBDFrameDataset(load_split(data, "train"))
+    sample = ds[1]
+    assert sample["rgb"].shape == (3, 16, 16) and sample["depth"].shape == (1, 16, 16) and sample["semantic"].shape == (16, 16)
+    K = vs.K[1].double()  # the 30x30 centre window starts at x = 5, then x 16/30
+    expected = torch.tensor([[K[0, 0] * 16 / 30, 0, (K[0, 2] - 5) * 16 / 30], [0, K[1, 1] * 16 / 30, K[1, 2] * 16 / 30], [0, 0, 1]])
+    torch.testing.assert_close(sample["K"].double(), expected.double(), atol=1e-5, rtol=0)
+    assert bool(torch.isin(sample["depth"], read_scannet(tmp_path / "s").depth[1]).all())  # nearest: no invented depth
 
 
 def test_scene_list_opens_on_demand_and_bounds_its_caches():
@@ -191,7 +207,7 @@ def test_a_source_with_too_few_scenes_is_split_by_frames_within_them(tmp_path):
 
     synth = SyntheticConfig(num_views=20, width=8, height=8)
     write_scannet(generate_scene(3, synth), tmp_path / "only_scene")
-    data = DataConfig(source=str(tmp_path), train_scenes=3, val_scenes=1, test_scenes=1)  # 5 scenes wanted, 1 there
+    data = DataConfig(source=str(tmp_path), train_scenes=3, val_scenes=1, test_scenes=1, width=8, height=8)  # 5 wanted, 1 there
     train, val, test = (load_split(data, s) for s in ("train", "val", "test"))
     assert [r.name for r in train + val + test] == ["only_scene@train", "only_scene@val", "only_scene@test"]
     assert [r.frames for r in train + val + test] == [tuple(range(12)), tuple(range(12, 16)), tuple(range(16, 20))]

@@ -171,8 +171,10 @@ def scene_ref(path: Path, cfg: DataConfig) -> SceneRef:
         return SceneRef(path.stem, 0, partial(read_ply, path), points=True)
     from .formats import scene_name
 
-    # named as its opener names it: a 7-Scenes sequence <scene>/seq-XX (unique across a dataset root)
-    return dataclasses.replace(folder_ref(path, read_options(cfg)), name=scene_name(path))
+    # named as its opener names it: a 7-Scenes sequence <scene>/seq-XX (unique across a dataset root);
+    # its frames brought to data.height x data.width by data.resize when read
+    return dataclasses.replace(folder_ref(path, read_options(cfg)), name=scene_name(path), size=(cfg.height, cfg.width),
+                               resize=cfg.resize)
 
 
 def pool_folder_refs(cfg: DataConfig) -> list[SceneRef]:

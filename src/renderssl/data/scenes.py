@@ -64,10 +64,16 @@ class SceneRef:
     opener: Callable[[], object]
     points: bool = False  # it opens to a PointCloud, not posed views
     frames: tuple[int, ...] | None = None
+    size: tuple[int, int] | None = None  # (H, W) every frame is brought to when read (data.height, data.width)
+    resize: str = "crop"  # how (data.resize): crop to the aspect ratio then resize, or stretch
 
     def open(self):
         scene = self.opener()
-        return scene if self.frames is None else FrameSubset(scene, list(self.frames), self.name)
+        if self.frames is not None:
+            scene = FrameSubset(scene, list(self.frames), self.name)
+        if self.size is not None and not self.points and (scene.height, scene.width) != tuple(self.size):
+            scene = FittedScene(scene, self.size, self.resize)
+        return scene
 
     def subset(self, frames, name: str) -> "SceneRef":
         """This scene restricted to ``frames`` (indices into its frames), named ``name``."""
@@ -161,6 +167,34 @@ class FrameSubset(Scene):
     def read_frame(self, i: int) -> dict:
         f = self.frames[i]
         return viewset_frame(self.scene, f) if isinstance(self.scene, ViewSet) else self.scene.read_frame(f)
+
+    @property
+    def where(self) -> str:
+        return self.scene.where if isinstance(self.scene, Scene) else self.name
+
+
+class FittedScene(Scene):
+    """An opened scene (a Scene or a ViewSet) whose frames are brought to ``size`` (H, W) when read, by
+    ``resize`` (crop: the centred window of the target's aspect ratio, then an antialiased resize; stretch:
+    the resize only), with K following exactly; depth and labels by nearest pixel."""
+
+    def __init__(self, scene, size: tuple[int, int], resize: str = "crop"):
+        from .formats.images import fit_intrinsics
+
+        self.scene, self.resize = scene, resize
+        self.height, self.width = int(size[0]), int(size[1])
+        self.name, self.frame_names = scene.name, list(scene.frame_names)
+        self.class_names = list(scene.class_names)
+        self.K = fit_intrinsics(scene.K, scene.height, scene.width, self.height, self.width, resize)  # (V, 3, 3)
+        self.c2w = scene.c2w
+        self.has_depth = scene.depth is not None if isinstance(scene, ViewSet) else scene.has_depth
+
+    def read_frame(self, i: int) -> dict:
+        from .datasets import fit_frame
+
+        frame = viewset_frame(self.scene, i) if isinstance(self.scene, ViewSet) else self.scene.read_frame(i)
+        frame = dict(frame, rgb=frame["rgb"].float() / 255.0 if frame["rgb"].dtype == torch.uint8 else frame["rgb"])
+        return fit_frame(frame, self.height, self.width, self.resize)
 
     @property
     def where(self) -> str:
