@@ -221,3 +221,16 @@ def test_a_source_with_too_few_scenes_is_split_by_frames_within_them(tmp_path):
     with pytest.raises(InputError, match=r"has 1 scene\(s\); the splits need 5 \(data.train_scenes 3 \+ data.val_scenes 1 "
                                          r"\+ data.test_scenes 1\).*data.split_by=frames"):
         load_split(dataclasses.replace(data, split_by="scenes"), "train")
+
+
+def test_a_scene_with_too_many_unreadable_frames_stops_naming_them(tmp_path):
+    from renderssl.data.build import open_split
+
+    names = corrupt_folder(tmp_path, 10, [2, 5])
+    data = DataConfig(source=str(tmp_path), train_scenes=1, val_scenes=0, test_scenes=0, width=16, height=16,
+                      max_bad_fraction=0.1)
+    with pytest.raises(InputError, match=r"2 of 10 frames cannot be read, more than 0.1") as err:
+        open_split(data, "train")
+    assert all(name in str(err.value) for name in names)
+    with pytest.warns(UserWarning, match="skipped 2 frame"):
+        assert len(open_split(dataclasses.replace(data, max_bad_fraction=0.2), "train")[0]) == 8

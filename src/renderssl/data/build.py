@@ -152,8 +152,9 @@ def scene_ids(cfg: DataConfig, split: str) -> set[tuple[str, str]]:
 
 
 def open_split(cfg: DataConfig, split: str) -> list:
-    """The scenes of ``split`` wholly in memory (ViewSets or PointClouds): for small splits and tests."""
-    return [open_scene(ref) for ref in load_split(cfg, split)]
+    """The scenes of ``split`` wholly in memory (ViewSets or PointClouds): for small splits and tests. A
+    scene stops, naming the files, when more than ``data.max_bad_fraction`` of its frames cannot be read."""
+    return [open_scene(ref, cfg.max_bad_fraction) for ref in load_split(cfg, split)]
 
 
 def read_options(cfg: DataConfig):

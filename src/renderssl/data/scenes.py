@@ -206,11 +206,12 @@ def viewset_frame(vs: ViewSet, i: int) -> dict:
     return {k: getattr(vs, k)[i] for k in FRAME_KEYS if getattr(vs, k) is not None}
 
 
-def open_scene(item):
+def open_scene(item, max_bad_fraction: float = 1.0):
     """An item of a split wholly in memory: a ViewSet or a PointCloud (SceneRefs are opened, lazily read
-    scenes loaded). For per-scene work that needs every frame at once (point-cloud fusion)."""
+    scenes loaded, stopping when more than ``max_bad_fraction`` of their frames cannot be read). For
+    per-scene work that needs every frame at once (point-cloud fusion)."""
     obj = item.open() if isinstance(item, SceneRef) else item
-    return obj.load() if isinstance(obj, Scene) else obj
+    return obj.load(max_bad_fraction) if isinstance(obj, Scene) else obj
 
 
 def as_sample_dtypes(frame: dict) -> dict:
