@@ -235,3 +235,15 @@ def test_an_image_folder_as_pretraining_pool_may_not_hold_held_out_images(tmp_pa
     (tmp_path / "pool" / "held_out.png").symlink_to(tmp_path / "photos" / test_image)
     with pytest.raises(InputError, match="val or test image of data.source"):
         sample_dataset("image", cfg, "pretrain")
+
+
+def test_split_folders_are_found_below_the_source_too(tmp_path):
+    """BSDS500 as downloaded: data.source at the dataset root, the splits in data/images/{train,val,test}."""
+    imgs = synthetic_images(4)
+    root = tmp_path / "BSDS500"
+    for i, (split, name) in enumerate([("train", "a.jpg"), ("train", "b.jpg"), ("val", "c.jpg"), ("test", "d.jpg")]):
+        write_rgb(root / "data" / "images" / split / name, imgs[i], jpg_quality=100)
+    write_rgb(root / "extra.jpg", imgs[0], jpg_quality=100)  # outside the splits: not used
+    cfg = DataConfig(source=str(root), width=12, height=12)
+    assert [len(sample_dataset("image", cfg, s)[0]) for s in ("pretrain", "val", "test")] == [2, 1, 1]
+    assert split_manifest(cfg)["test"] == {str(root): ["data/images/test/d.jpg"]}

@@ -181,17 +181,31 @@ def image_source_splits(root, weights: tuple[int, int, int], seed: int) -> tuple
     ``weights``: (data.train_scenes, data.val_scenes, data.test_scenes) read as proportions; ``seed``:
     data.seed (see the module docstring for the rule)."""
     root, names = _image_names(root)
-    folders = [d for d in SPLIT_FOLDERS if (root / d).is_dir()]
-    if "train" in folders and len(folders) > 1:
-        parts = {s: [n for n in names if n.startswith(s + "/")] for s in SPLIT_FOLDERS}
+    base = split_folder_base(names)
+    if base is not None:
+        parts = {s: [n for n in names if n.startswith(f"{base}{s}/")] for s in SPLIT_FOLDERS}
+        folders = [s for s in SPLIT_FOLDERS if parts[s]]
         outside = len(names) - sum(len(v) for v in parts.values())
-        rule = (f"split by the folder's own {'/'.join(folders)}/ sub-folders"
+        rule = (f"split by the folder's own {base}{'/'.join(folders)}/ sub-folders"
                 + (f" ({outside} image(s) outside them not used)" if outside else ""))
     else:
         parts, rule = _shuffled_split(names, weights, seed, root)
     counts = ", ".join(f"{s} {len(parts[s])}" for s in SPLIT_FOLDERS)
     files = {s: _files(root, parts[s]) for s in SPLIT_FOLDERS}
     return files, f"{root}: {len(names)} plain images, {rule}: {counts} images"
+
+
+def split_folder_base(names: list[str]) -> str | None:
+    """The shallowest folder prefix ("" for the root itself, or e.g. "data/images/" as in BSDS500) under
+    which a ``train/`` folder of images sits beside a ``val/`` or ``test/`` one; None when there is none."""
+    folders = {n.rsplit("/", 1)[0] + "/" for n in names if "/" in n}  # every folder holding an image, "a/b/"
+    prefixes = set()
+    for folder in folders:
+        parts = folder.split("/")[:-1]
+        prefixes |= {"/".join(parts[:i + 1]) + "/" for i in range(len(parts))}  # its ancestors too
+    bases = [p[: -len("train/")] for p in prefixes if p.endswith("train/") and (p == "train/" or p.endswith("/train/"))]
+    bases = [b for b in bases if f"{b}val/" in prefixes or f"{b}test/" in prefixes]
+    return min(bases, key=lambda b: (b.count("/"), b)) if bases else None
 
 
 def _shuffled_split(names: list[str], weights, seed: int, root) -> tuple[dict[str, list[str]], str]:
