@@ -1,0 +1,330 @@
+"""View selection for the multi-view recipes (GS³ now; PonderV2 and NPS through the same functions).
+
+Every selector is a pure function from scene metadata (frame count, cameras, depth) to frame indices,
+drawing its randomness from the caller's ``torch.Generator`` only, so a sample is a function of its seed.
+
+Selectors
+- :func:`frame_interval_pair` (GS³, Sec. 4 "Implementation details": "a fixed frame interval of 5 between
+  views"): a reference frame drawn uniformly among those that have a frame ``interval`` later, and that
+  frame. Edge handling (our choice; the paper is silent): a sequence of ``num_frames <= interval`` frames
+  gives its first and last frame (the interval shrinks to ``num_frames - 1``) unless ``strict=True``,
+  which raises; fewer than 2 frames always raise.
+- :func:`overlap` / :func:`overlap_matrix` / :func:`overlapping_pairs` / :func:`overlapping_pair` (GS³'s
+  "two views with overlapping fields of view" for unordered views, issue 11): the overlap of view a with
+  view b is the fraction of a's valid depth pixels (depth > 0 and finite) that, back-projected with a's
+  camera and projected with b's, land in front of b (z > 0), inside b's image (0 <= u < W, 0 <= v < H)
+  on a pixel with valid depth z_b, with consistent depth |z_proj - z_b| / z_b < ``rel_tol``. It measures
+  co-visibility, occlusion included. Our choices (the paper gives no overlap measure):
+    * b's depth is read at the pixel containing the projection (nearest; no interpolation across depth
+      edges);
+    * only every ``stride``-th pixel of a in rows and columns is tested (pixels (i, j) with i % stride == 0
+      and j % stride == 0), default ``stride = 4`` (320x240 -> 4,800 pixels per view);
+    * ``rel_tol = 0.05``, the limit ``renderssl data inspect`` uses for neighbouring frames' depth
+      reprojection (sensor noise and pose error of real RGB-D scans stay below it);
+    * the overlap is asymmetric; an unordered pair {a, b} scores min(overlap(a, b), overlap(b, a)) so that
+      each view sees most of the other, and qualifies when ``min_overlap <= score <= max_overlap`` with
+      ``min_overlap = 0.5`` and ``max_overlap = 1.0`` (lower ``max_overlap`` to drop near-duplicate frames);
+    * when no pair qualifies, :func:`overlapping_pair` returns the highest-scoring pair (a training stream
+      does not stop on one badly covered scene) unless ``strict=True``, which raises.
+- :func:`random_views` (PonderV2: ``num_cameras=5`` random RGB-D frames per scene): ``k`` distinct frames,
+  a prefix of a random permutation.
+- :func:`nearest_views` (GNT / IBRNet source views, ``ibrnet_collected.py``): the ``num_candidates`` views
+  whose camera centres are nearest the target's (target excluded; ties broken by the lower index), then
+  ``num_select`` of them at random without repeats. GNT's randomisation of both counts (candidates
+  ``min(10 f, 22)`` with f in {1, 2, 3}; ``10 + U{-2..2}`` views) and its 0.5% chance of using the target
+  itself belong to the caller (NPS's curriculum), not here. ``num_candidates`` larger than the V - 1
+  other views is clamped to V - 1 (as IBRNet's ``min(num_select, num_cams)``); ``num_select`` above the
+  candidates raises.
+
+All indices are int64 tensors on the CPU. Overlaps are computed batched: every (a, b) of a scene at once,
+in chunks of reference views bounded by ``max_elements`` tested (pixel, view) pairs (default 2^20; the
+intermediates take about 200 bytes per element in float64, so about 200 MB at most).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError, check_shape
+from ..geometry import Cameras
+
+DEFAULT_INTERVAL = 5  # GS³: frame interval between the two views
+DEFAULT_STRIDE = 4  # our choice: test every 4th pixel in rows and columns
+DEFAULT_REL_TOL = 0.05  # our choice: as renderssl.data.inspect.REPROJECTION_LIMIT
+DEFAULT_MIN_OVERLAP = 0.5  # our choice
+DEFAULT_MAX_OVERLAP = 1.0  # our choice: no upper bound
+
+
+@dataclass
+class ViewSelectionConfig:
+    """How a two-view recipe picks its pair: ``mode`` "interval" (ordered sequences, GS³'s default) or
+    "overlap" (unordered views, by measured overlap). Fields as in the module docstring."""
+
+    mode: str = "interval"
+    interval: int = DEFAULT_INTERVAL
+    stride: int = DEFAULT_STRIDE
+    rel_tol: float = DEFAULT_REL_TOL
+    min_overlap: float = DEFAULT_MIN_OVERLAP
+    max_overlap: float = DEFAULT_MAX_OVERLAP
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.mode not in ("interval", "overlap"):
+            raise InputError(f"ViewSelectionConfig.mode: expected 'interval' or 'overlap', got {self.mode!r}")
+        _check_positive_int("ViewSelectionConfig.interval", self.interval)
+        _check_positive_int("ViewSelectionConfig.stride", self.stride)
+        _check_thresholds(self.rel_tol, self.min_overlap, self.max_overlap, prefix="ViewSelectionConfig.")
+
+
+# ---- argument checks --------------------------------------------------------------------------------
+def _check_generator(generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise InputError(f"generator: expected a torch.Generator (selection is seeded by the caller), got {type(generator).__name__}")
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int (Python, numpy or 0-d tensor integer) >= ``minimum``, else InputError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _check_thresholds(rel_tol, min_overlap, max_overlap, prefix: str = "") -> None:
+    if not rel_tol > 0:
+        raise InputError(f"{prefix}rel_tol: expected > 0, got {rel_tol!r}")
+    if not 0.0 <= min_overlap <= max_overlap <= 1.0:
+        raise InputError(f"{prefix}min_overlap / {prefix}max_overlap: expected 0 <= min_overlap <= max_overlap <= 1, "
+                         f"got {min_overlap!r} and {max_overlap!r}")
+
+
+def _depth_hw(name: str, depth: Tensor, batch_ndim: int) -> Tensor:
+    """(..., H, W) or (..., 1, H, W) -> (..., H, W). A size-1 dim before H, W is a channel dim (squeezed)
+    only when depth has more dims than the cameras' ``batch_ndim`` leading dims + 2; otherwise it is a
+    batch dim; the leading dims then broadcast against the cameras'."""
+    if not isinstance(depth, Tensor):
+        raise InputError(f"{name}: expected a tensor, got {type(depth).__name__}")
+    if depth.dim() > batch_ndim + 2 and depth.shape[-3] == 1:
+        depth = depth.squeeze(-3)
+    if depth.dim() < 2:
+        raise InputError(f"{name}: expected shape (..., H, W) or (..., 1, H, W), got {tuple(depth.shape)}")
+    return depth
+
+
+# ---- sequences --------------------------------------------------------------------------------------
+def frame_interval_pair(num_frames: int, interval: int = DEFAULT_INTERVAL, generator: torch.Generator | None = None,
+                        *, strict: bool = False) -> Tensor:
+    """(2,) int64 [ref, ref + interval] with ref uniform in [0, num_frames - interval); a sequence of at
+    most ``interval`` frames gives [0, num_frames - 1] (``strict=True``: InputError instead)."""
+    num_frames = _check_positive_int("num_frames", num_frames, minimum=2)
+    interval = _check_positive_int("interval", interval)
+    _check_generator(generator)
+    if num_frames <= interval:
+        if strict:
+            raise InputError(f"num_frames: {num_frames} frame(s) have no pair {interval} apart (interval={interval})")
+        interval = num_frames - 1
+    ref = torch.randint(0, num_frames - interval, (1,), generator=generator)  # (1,)
+    return torch.cat([ref, ref + interval])  # (2,)
+
+
+def random_views(num_frames: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """(k,) int64: ``k`` distinct frames of ``num_frames`` in random order (PonderV2's K random frames)."""
+    num_frames = _check_positive_int("num_frames", num_frames)
+    k = _check_positive_int("k", k)
+    _check_generator(generator)
+    if k > num_frames:
+        raise InputError(f"k: cannot draw {k} distinct frames from num_frames={num_frames}")
+    return torch.randperm(num_frames, generator=generator)[:k]  # (k,)
+
+
+def nearest_views(c2w_all: Tensor, target: int, num_candidates: int, num_select: int,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """(num_select,) int64 source views for ``target`` (GNT/IBRNet): drawn without repeats from the
+    ``num_candidates`` views whose camera centres (c2w_all (V, 4, 4), OpenCV camera-to-world) are nearest
+    the target's, the target itself excluded."""
+    if not isinstance(c2w_all, Tensor) or c2w_all.dim() != 3:
+        raise InputError(f"c2w_all: expected a (V, 4, 4) tensor, got {getattr(c2w_all, 'shape', type(c2w_all).__name__)}")
+    check_shape("c2w_all", c2w_all, None, 4, 4)
+    V = c2w_all.shape[0]
+    target = _check_positive_int("target", target, minimum=0)
+    if target >= V:
+        raise InputError(f"target: expected a view index in [0, {V}), got {target!r}")
+    num_candidates = _check_positive_int("num_candidates", num_candidates)
+    num_select = _check_positive_int("num_select", num_select)
+    _check_generator(generator)
+    num_candidates = min(num_candidates, V - 1)
+    if num_select > num_candidates:
+        raise InputError(f"num_select: {num_select} source views requested but only {num_candidates} candidate(s) "
+                         f"(num_candidates clamped to the {V - 1} other views)")
+    centres = c2w_all[:, :3, 3].double()  # (V, 3)
+    dist = (centres - centres[target]).norm(dim=-1)  # (V,)
+    dist[target] = float("inf")
+    order = torch.sort(dist, stable=True).indices  # (V,) nearest first; ties by index
+    candidates = order[:num_candidates].cpu()  # (C,)
+    pick = torch.randperm(num_candidates, generator=generator)[:num_select]  # (S,)
+    return candidates[pick]  # (S,)
+
+
+# ---- overlap ----------------------------------------------------------------------------------------
+def _sample_grid(H: int, W: int, stride: int) -> tuple[Tensor, Tensor]:
+    """Row and column indices (N,) of the tested pixels: every ``stride``-th in both directions."""
+    rows = torch.arange(0, H, stride)
+    cols = torch.arange(0, W, stride)
+    ii, jj = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
+    return ii.reshape(-1), jj.reshape(-1)  # (N,), (N,)
+
+
+def _overlap_core(K_a: Tensor, c2w_a: Tensor, depth_a: Tensor, K_b: Tensor, c2w_b: Tensor, depth_b: Tensor,
+                  stride: int, rel_tol: float) -> tuple[Tensor, Tensor]:
+    """Same leading shape (...) everywhere; depth (..., H, W). -> (consistent count (...), valid count (...))."""
+    H, W = depth_a.shape[-2:]
+    ii, jj = _sample_grid(H, W, stride)
+    ii, jj = ii.to(depth_a.device), jj.to(depth_a.device)
+    cam_a = Cameras(K_a, c2w_a, W, H)
+    cam_b = Cameras(K_b, c2w_b, W, H)
+    d_a = depth_a[..., ii, jj]  # (..., N)
+    valid_a = (d_a > 0) & torch.isfinite(d_a)  # (..., N)
+    d_a = torch.where(valid_a, d_a, torch.ones_like(d_a))
+    uv_a = torch.stack([jj, ii], dim=-1).to(K_a.dtype) + 0.5  # (N, 2) pixel centres
+    uv_a = uv_a.expand(d_a.shape + (2,))  # (..., N, 2)
+    xyz = cam_a.pixels_to_camera(uv_a, d_a)  # (..., N, 3) a's camera frame
+    world = xyz @ c2w_a[..., :3, :3].transpose(-1, -2) + c2w_a[..., None, :3, 3]  # (..., N, 3)
+    uv_b, z_b = cam_b.project(world)  # (..., N, 2), (..., N)
+    u, v = uv_b.unbind(-1)  # (..., N) each
+    inside = (z_b > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H) & torch.isfinite(uv_b).all(-1)  # (..., N)
+    col = torch.where(inside, u, torch.zeros_like(u)).floor().long().clamp(0, W - 1)  # (..., N)
+    row = torch.where(inside, v, torch.zeros_like(v)).floor().long().clamp(0, H - 1)  # (..., N)
+    observed = depth_b.reshape(depth_b.shape[:-2] + (H * W,)).gather(-1, row * W + col)  # (..., N)
+    seen = inside & (observed > 0) & torch.isfinite(observed)
+    obs = torch.where(seen, observed, torch.ones_like(observed))
+    consistent = valid_a & seen & ((z_b - obs).abs() / obs < rel_tol)  # (..., N)
+    return consistent.sum(-1), valid_a.sum(-1)
+
+
+def overlap(K_a: Tensor, c2w_a: Tensor, depth_a: Tensor, K_b: Tensor, c2w_b: Tensor, depth_b: Tensor,
+            *, stride: int = DEFAULT_STRIDE, rel_tol: float = DEFAULT_REL_TOL) -> Tensor:
+    """Fraction (...) of view a's valid depth pixels that reproject into view b with consistent depth.
+
+    K_* (..., 3, 3) pixels, c2w_* (..., 4, 4) OpenCV camera-to-world, depth_* (..., H, W) or (..., 1, H, W)
+    z-depth (0 = invalid); leading dims broadcast, both views share one image size. 0 where a has no valid
+    pixel. Mechanism and defaults: module docstring.
+    """
+    stride = _check_positive_int("stride", stride)
+    _check_thresholds(rel_tol, 0.0, 1.0)
+    for name, t in (("K_a", K_a), ("K_b", K_b)):
+        check_shape(name, t, 3, 3)
+    for name, t in (("c2w_a", c2w_a), ("c2w_b", c2w_b)):
+        check_shape(name, t, 4, 4)
+    depth_a = _depth_hw("depth_a", depth_a, K_a.dim() - 2)
+    depth_b = _depth_hw("depth_b", depth_b, K_b.dim() - 2)
+    if depth_a.shape[-2:] != depth_b.shape[-2:]:
+        raise InputError(f"depth_b: image size {tuple(depth_b.shape[-2:])} differs from depth_a's {tuple(depth_a.shape[-2:])}")
+    try:
+        batch = torch.broadcast_shapes(K_a.shape[:-2], c2w_a.shape[:-2], depth_a.shape[:-2],
+                                       K_b.shape[:-2], c2w_b.shape[:-2], depth_b.shape[:-2])
+    except RuntimeError as e:
+        raise InputError(f"overlap: the leading dims of K_a, c2w_a, depth_a, K_b, c2w_b, depth_b do not broadcast ({e})") from None
+    H, W = depth_a.shape[-2:]
+    dtype = torch.promote_types(K_a.dtype, depth_a.dtype)
+    def full(t, tail):  # broadcast to (batch, *tail)
+        return t.to(dtype).expand(batch + tail)
+    good, valid = _overlap_core(full(K_a, (3, 3)), full(c2w_a, (4, 4)), full(depth_a, (H, W)),
+                                full(K_b, (3, 3)), full(c2w_b, (4, 4)), full(depth_b, (H, W)), stride, rel_tol)
+    return torch.where(valid > 0, good.to(dtype) / valid.clamp(min=1).to(dtype), torch.zeros((), dtype=dtype))
+
+
+def overlap_matrix(K: Tensor, c2w: Tensor, depth: Tensor, *, stride: int = DEFAULT_STRIDE,
+                   rel_tol: float = DEFAULT_REL_TOL, max_elements: int = 1 << 20) -> Tensor:
+    """(V, V) overlap[a, b] = :func:`overlap` of view a into view b for one scene's V views:
+    K (V, 3, 3), c2w (V, 4, 4), depth (V, H, W) or (V, 1, H, W). Rows are computed in chunks of at most
+    ``max_elements`` tested point-view pairs."""
+    check_shape("K", K, None, 3, 3)
+    check_shape("c2w", c2w, None, 4, 4)
+    if K.dim() != 3 or c2w.shape[0] != K.shape[0]:
+        raise InputError(f"K, c2w: expected (V, 3, 3) and (V, 4, 4) for one scene, got {tuple(K.shape)} and {tuple(c2w.shape)}")
+    depth = _depth_hw("depth", depth, 1)
+    V = K.shape[0]
+    if depth.dim() != 3 or depth.shape[0] != V:
+        raise InputError(f"depth: expected (V, H, W) or (V, 1, H, W) with V={V} views as K, got {tuple(depth.shape)}")
+    H, W = depth.shape[-2:]
+    n = ((H + stride - 1) // stride) * ((W + stride - 1) // stride) if isinstance(stride, int) and stride > 0 else 1
+    chunk = max(1, max_elements // max(1, V * n))
+    rows = []
+    for start in range(0, V, chunk):  # chunks of reference views, each against all V views at once
+        a = slice(start, min(V, start + chunk))
+        rows.append(overlap(K[a, None], c2w[a, None], depth[a, None], K[None], c2w[None], depth[None],
+                            stride=stride, rel_tol=rel_tol))  # (chunk, V)
+    return torch.cat(rows, 0)  # (V, V)
+
+
+def pair_scores(matrix: Tensor) -> Tensor:
+    """(V, V) symmetric score of unordered pairs: min(overlap[a, b], overlap[b, a])."""
+    return torch.minimum(matrix, matrix.transpose(0, 1))
+
+
+def overlapping_pairs(K: Tensor, c2w: Tensor, depth: Tensor, *, min_overlap: float = DEFAULT_MIN_OVERLAP,
+                      max_overlap: float = DEFAULT_MAX_OVERLAP, stride: int = DEFAULT_STRIDE,
+                      rel_tol: float = DEFAULT_REL_TOL) -> tuple[Tensor, Tensor]:
+    """Unordered pairs of one scene's views whose score min(overlap(a, b), overlap(b, a)) lies in
+    [min_overlap, max_overlap] -> (pairs (P, 2) int64 with a < b in lexicographic order, scores (P,))."""
+    _check_thresholds(rel_tol, min_overlap, max_overlap)
+    scores = pair_scores(overlap_matrix(K, c2w, depth, stride=stride, rel_tol=rel_tol))  # (V, V)
+    V = scores.shape[0]
+    a, b = torch.triu_indices(V, V, offset=1, device=scores.device)  # (V (V - 1) / 2,) each
+    s = scores[a, b]
+    keep = (s >= min_overlap) & (s <= max_overlap)
+    return torch.stack([a[keep], b[keep]], dim=-1).cpu(), s[keep].cpu()
+
+
+def overlapping_pair(K: Tensor, c2w: Tensor, depth: Tensor, generator: torch.Generator | None = None, *,
+                     min_overlap: float = DEFAULT_MIN_OVERLAP, max_overlap: float = DEFAULT_MAX_OVERLAP,
+                     stride: int = DEFAULT_STRIDE, rel_tol: float = DEFAULT_REL_TOL, strict: bool = False) -> Tensor:
+    """(2,) int64: one qualifying pair of :func:`overlapping_pairs`, uniformly at random; when none
+    qualifies, the highest-scoring pair within ``max_overlap`` (``strict=True``: InputError)."""
+    _check_generator(generator)
+    _check_thresholds(rel_tol, min_overlap, max_overlap)
+    if K.dim() != 3 or K.shape[0] < 2:
+        raise InputError(f"K: expected (V, 3, 3) with at least 2 views, got {tuple(K.shape)}")
+    scores = pair_scores(overlap_matrix(K, c2w, depth, stride=stride, rel_tol=rel_tol)).cpu()  # (V, V)
+    V = scores.shape[0]
+    a, b = torch.triu_indices(V, V, offset=1)  # (P,) each
+    s = scores[a, b]  # (P,)
+    keep = (s >= min_overlap) & (s <= max_overlap)
+    if bool(keep.any()):
+        idx = keep.nonzero().squeeze(-1)  # (Q,)
+        i = idx[torch.randint(0, idx.numel(), (1,), generator=generator)]  # (1,)
+    else:
+        if strict:
+            raise InputError(f"min_overlap: no pair of the {V} views scores in [{min_overlap}, {max_overlap}] "
+                             f"(best {float(s.max()):.3f})")
+        below = torch.where(s <= max_overlap, s, torch.full_like(s, -1.0))
+        i = below.argmax().reshape(1)
+    return torch.cat([a[i], b[i]])  # (2,)
+
+
+def select_pair(config: ViewSelectionConfig, num_frames: int, generator: torch.Generator | None = None, *,
+                K: Tensor | None = None, c2w: Tensor | None = None, depth: Tensor | None = None) -> Tensor:
+    """(2,) int64 by ``config.mode``: :func:`frame_interval_pair` or :func:`overlapping_pair` (which needs
+    the scene's K, c2w and depth)."""
+    if config.mode == "interval":
+        return frame_interval_pair(num_frames, config.interval, generator, strict=config.strict)
+    if K is None or c2w is None or depth is None:
+        raise InputError("depth: ViewSelectionConfig.mode='overlap' needs the scene's K, c2w and depth")
+    return overlapping_pair(K, c2w, depth, generator, min_overlap=config.min_overlap, max_overlap=config.max_overlap,
+                            stride=config.stride, rel_tol=config.rel_tol, strict=config.strict)
+
+
+__all__ = [
+    "DEFAULT_INTERVAL", "DEFAULT_MAX_OVERLAP", "DEFAULT_MIN_OVERLAP", "DEFAULT_REL_TOL", "DEFAULT_STRIDE",
+    "ViewSelectionConfig", "frame_interval_pair", "nearest_views", "overlap", "overlap_matrix", "overlapping_pair",
+    "overlapping_pairs", "pair_scores", "random_views", "select_pair",
+]
