@@ -27,7 +27,7 @@ class Gaussians:
     quats: Tensor  # (B, N, 4) wxyz, need not be normalised
     scales: Tensor  # (B, N, 3) standard deviations along the local axes
     opacities: Tensor  # (B, N) in [0, 1]
-    colors: Tensor  # (B, N, D) any D
+    colors: Tensor  # (B, N, D) any D, or (B, V, N, D): one colour per camera (view-dependent, e.g. SH)
 
     def validate(self) -> None:
         B, N = self.means.shape[:2] if self.means.dim() == 3 else (None, None)
@@ -36,10 +36,19 @@ class Gaussians:
             t = getattr(self, name)
             if B is None or tuple(t.shape) != shape:
                 raise InputError(f"Gaussians.{name}: expected shape {shape if B else '(B, N, 3)'}, got {tuple(t.shape)}")
-        if self.colors.dim() != 3 or self.colors.shape[:2] != (B, N):
-            raise InputError(f"Gaussians.colors: expected shape ({B}, {N}, D), got {tuple(self.colors.shape)}")
+        c = self.colors
+        if not ((c.dim() == 3 and c.shape[:2] == (B, N)) or (c.dim() == 4 and c.shape[0] == B and c.shape[2] == N)):
+            raise InputError(f"Gaussians.colors: expected shape ({B}, {N}, D) or ({B}, V, {N}, D), got {tuple(c.shape)}")
         for name in ("means", "quats", "scales", "opacities", "colors"):
             check_finite(f"Gaussians.{name}", getattr(self, name))
+
+
+def view_colors(colors: Tensor, V: int) -> Tensor:
+    """Colours per camera: (B, N, D) shared by every camera (expanded, no copy) or (B, V, N, D) -> (B, V, N, D)."""
+    if colors.dim() == 4:
+        return colors
+    B, N, D = colors.shape
+    return colors[:, None].expand(B, V, N, D)
 
 
 @dataclass

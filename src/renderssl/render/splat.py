@@ -15,6 +15,14 @@ The math is gsplat's (classic mode):
 - front-to-back compositing in camera-z order, w_k = alpha_k prod_{j<k}(1 - alpha_j), stopping before
   the Gaussian that would bring transmittance to <= 1e-4 (gsplat's T_min); color = sum w c + T bg.
 
+Colours: ``Gaussians.colors`` (B, N, D) is seen alike by every camera; (B, V, N, D) gives each camera
+its own (view-dependent colour): every backend composites, for camera v, the colours [:, v]. With
+``sh_degree`` set, ``Gaussians.colors`` holds spherical-harmonics coefficients (B, N, K, D), K >=
+(sh_degree + 1)^2, and each camera's colours are ``sh_to_color`` of the direction from its centre to
+each mean (render/sh.py: 3DGS's basis, + 0.5, clamped at 0, as gsplat's ``rasterization(sh_degree=)``
+for perspective and orthographic cameras alike). Our choice: the SH colours are evaluated in torch for
+every backend, gsplat included (its fused SH kernel is not used), so all backends see the same colours.
+
 Outputs: colour with any number of channels D (features can be splatted too), expected z-depth
 ``sum w z / sum w`` (gsplat's "ED"; 0 where nothing was hit) and alpha = 1 - T.
 
@@ -35,22 +43,25 @@ Backends behind :func:`rasterize`:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, check_finite
 from ..geometry import Cameras
 from .gaussians import (
     ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, Gaussians, Projected, SplatOutput, composite, covariance_3d, gaussian_alpha,
-    project_gaussians,
+    project_gaussians, view_colors,
 )
+from .sh import check_sh_coeffs, sh_to_color, view_dirs
 from .splat_tiles import _rasterize_tiles
 
 BACKENDS = ("tiles", "dense", "compiled", "gsplat", "auto")
 
 __all__ = [
     "ALPHA_MAX", "ALPHA_MIN", "BACKENDS", "T_MIN", "TILE", "Gaussians", "Projected", "SplatOutput", "composite",
-    "covariance_3d", "gaussian_alpha", "gsplat_available", "project_gaussians", "rasterize",
+    "covariance_3d", "gaussian_alpha", "gsplat_available", "project_gaussians", "rasterize", "rasterize_sh",
 ]
 
 
@@ -67,7 +78,7 @@ def _rasterize_dense(proj: Projected, colors: Tensor, cameras: Cameras) -> tuple
     def by_depth(t: Tensor) -> Tensor:  # (B, V, N, ...) sorted along N
         return torch.gather(t, 2, order.reshape(B, V, N, *([1] * (t.dim() - 3))).expand_as(t))
 
-    values = torch.cat([colors[:, None].expand(B, V, N, colors.shape[-1]), proj.depths[..., None]], dim=-1)
+    values = torch.cat([view_colors(colors, V), proj.depths[..., None]], dim=-1)  # (B, V, N, D+1)
     opac = torch.where(proj.valid, proj.opacities, torch.zeros_like(proj.opacities))
     pixels = cameras.pixel_centers().reshape(-1, 2)  # (H*W, 2)
     alpha = gaussian_alpha(by_depth(proj.means2d), by_depth(proj.conics), by_depth(opac), pixels)  # (B, V, HW, N)
@@ -91,13 +102,13 @@ def gsplat_available() -> bool:
 def _rasterize_gsplat(gaussians, cameras, background, near_plane, far_plane, eps2d, rasterize_mode) -> SplatOutput:
     from gsplat import rasterization
 
-    B, N, D = gaussians.colors.shape
-    V = cameras.batch_shape[1]
+    B, N = gaussians.opacities.shape
+    V, D = cameras.batch_shape[1], gaussians.colors.shape[-1]
     # gsplat appends the depth channel's zero background itself in RGB+ED mode.
     backgrounds = None if background is None else background.expand(B, V, D)
     colors, alphas, meta = rasterization(
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors,
-        cameras.w2c, cameras.K, cameras.width, cameras.height,
+        cameras.w2c, cameras.K, cameras.width, cameras.height,  # colors (B, N, D) or (B, V, N, D): gsplat takes both
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,
         render_mode="RGB+ED", rasterize_mode=rasterize_mode, camera_model=cameras.model, packed=False,
     )  # (B, V, H, W, D+1), (B, V, H, W, 1)
@@ -120,15 +131,37 @@ def resolve_auto_backend(device: torch.device) -> str:
     return "compiled" if device.type == "cpu" and compiled_kernel() is not None else "tiles"
 
 
-def _check_inputs(gaussians: Gaussians, cameras: Cameras, background: Tensor | None) -> Cameras:
-    gaussians.validate()
-    B = gaussians.means.shape[0]
+def _per_scene_cameras(cameras: Cameras, B: int) -> Cameras:
+    """Cameras (V,) shared by every scene -> (B, V); (B, V) checked and returned."""
     if len(cameras.batch_shape) == 1:
         cameras = Cameras(
             cameras.K.expand(B, -1, 3, 3), cameras.c2w.expand(B, -1, 4, 4), cameras.width, cameras.height, cameras.model
         )
     if len(cameras.batch_shape) != 2 or cameras.batch_shape[0] != B:
         raise InputError(f"rasterize: cameras must have batch shape (B={B}, V) or (V,), got {tuple(cameras.batch_shape)}")
+    return cameras
+
+
+def _colors_from_sh(gaussians: Gaussians, cameras: Cameras, sh_degree: int) -> Gaussians:
+    """Gaussians whose colors are SH coefficients (B, N, K, D) -> per-camera colours (B, V, N, D)."""
+    coeffs = gaussians.colors
+    check_sh_coeffs(coeffs, sh_degree, "rasterize: Gaussians.colors (SH coefficients, sh_degree set)")
+    replace(gaussians, colors=coeffs[:, :, 0]).validate()  # every other field's shape and finiteness
+    check_finite("Gaussians.colors", coeffs)
+    cameras = _per_scene_cameras(cameras, gaussians.means.shape[0])
+    return replace(gaussians, colors=sh_to_color(coeffs, view_dirs(gaussians.means, cameras), sh_degree))
+
+
+def _check_inputs(gaussians: Gaussians, cameras: Cameras, background: Tensor | None) -> Cameras:
+    gaussians.validate()
+    B = gaussians.means.shape[0]
+    cameras = _per_scene_cameras(cameras, B)
+    V = cameras.batch_shape[1]
+    if gaussians.colors.dim() == 4 and gaussians.colors.shape[1] != V:
+        raise InputError(
+            f"rasterize: per-camera Gaussians.colors (B, V, N, D) must have V = {V} like the cameras, "
+            f"got {tuple(gaussians.colors.shape)}"
+        )
     D = gaussians.colors.shape[-1]
     if background is not None and tuple(background.shape) != (D,):
         raise InputError(f"rasterize: background must have shape ({D},) like the colour channels, got {tuple(background.shape)}")
@@ -145,14 +178,19 @@ def rasterize(
     eps2d: float = 0.3,
     rasterize_mode: str = "classic",
     max_per_tile: int = 65536,
+    sh_degree: int | None = None,
 ) -> SplatOutput:
     """Render B scenes of Gaussians into their V cameras each.
 
-    gaussians: (B, N, ...) parameters after activation; cameras: batch shape (B, V), or (V,) shared by
-    every scene; background: (D,) colour behind the Gaussians (default 0).
+    gaussians: (B, N, ...) parameters after activation, colors (B, N, D) or per camera (B, V, N, D);
+    cameras: batch shape (B, V), or (V,) shared by every scene; background: (D,) colour behind the
+    Gaussians (default 0); sh_degree: None, or 0..3 when gaussians.colors holds SH coefficients
+    (B, N, K, D) turned into per-camera colours by render/sh.py (see :func:`rasterize_sh`).
     """
     if backend not in BACKENDS:
         raise InputError(f"rasterize: unknown backend {backend!r}; expected one of {BACKENDS}")
+    if sh_degree is not None:
+        gaussians = _colors_from_sh(gaussians, cameras, sh_degree)
     cameras = _check_inputs(gaussians, cameras, background)
     if backend == "auto":
         backend = resolve_auto_backend(gaussians.means.device)
@@ -187,3 +225,10 @@ def rasterize(
         overflow=overflow,
         max_per_tile=biggest,
     )
+
+
+def rasterize_sh(gaussians: Gaussians, cameras: Cameras, sh_degree: int, **kwargs) -> SplatOutput:
+    """:func:`rasterize` of Gaussians whose ``colors`` are SH coefficients (B, N, K, D), K >=
+    (sh_degree + 1)^2: each camera sees max(0, sum_k Y_k(dir) c_k + 0.5) with dir from its centre to the
+    mean (render/sh.py). Same keyword arguments as :func:`rasterize`."""
+    return rasterize(gaussians, cameras, sh_degree=sh_degree, **kwargs)

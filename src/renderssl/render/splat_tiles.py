@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..geometry import Cameras
-from .gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, Projected
+from .gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, Projected, view_colors
 
 
 def _tile_pixel_monomials(dtype, device) -> Tensor:
@@ -234,7 +234,8 @@ def _rasterize_tiles(
     coef = log_alpha_coefficients(
         proj.means2d.reshape(G, 2)[gauss] - origins, proj.conics.reshape(G, 3)[gauss], log_opac[gauss]
     )  # (M, 6)
-    values = torch.cat([colors[:, None].expand(B, V, N, D), proj.depths[..., None]], dim=-1).reshape(G, D + 1)
+    # colors (B, N, D) or per camera (B, V, N, D): each (scene, camera, Gaussian) gets its camera's colour.
+    values = torch.cat([view_colors(colors, V), proj.depths[..., None]], dim=-1).reshape(G, D + 1)
     if compiled:
         from .splat_compiled import CompositeTilesCompiled
 
