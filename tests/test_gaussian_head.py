@@ -16,6 +16,7 @@ from renderssl.models.heads.gaussian_head import (
     C0, DepthBinGaussianHead, GaussianHeadConfig, PixelRays, PointGaussianHead, bins_from_depth, build_gaussian_head,
     color_to_sh0, depth_from_bins, image_elements, num_sh_coeffs, pixel_footprint, sh0_to_color, sh_degree_mask,
 )
+from renderssl.render.sh import sh_to_color
 from renderssl.render.splat import Gaussians, rasterize
 
 
@@ -128,6 +129,9 @@ def test_pixel_gaussians_at_true_depth_rerender_their_view(spacing):
     # and with the tiles backend
     img = rasterize(g, cams[:, :1], backend="tiles", eps2d=0.01).color[0, 0]
     assert psnr(img, rgb[0]) > 35.0
+    # the SH coefficients through the SH rasterizer (degree-1 terms zero here) give the same image
+    img_sh = rasterize(out.sh_gaussians(), cams[:, :1], backend="tiles", eps2d=0.01, sh_degree=out.sh_degree).color[0, 0]
+    torch.testing.assert_close(img_sh, img)
 
 
 def test_pixel_gaussians_wrong_depth_do_not_rerender():
@@ -330,6 +334,10 @@ def test_sh_coefficients_and_plain_colour():
     rgb = torch.rand(5, 3)
     torch.testing.assert_close(sh0_to_color(color_to_sh0(rgb)[:, None]), rgb)
     assert C0 == pytest.approx(0.5 / math.sqrt(math.pi))
+    # the degree-0 helper is render/sh.py's colour at degree 0 from any direction (clamp at 0 included)
+    coeffs = torch.randn(1, 7, 4, 3) * 3  # (B, N, K, 3)
+    dirs = torch.randn(1, 2, 7, 3)  # (B, V, N, 3)
+    torch.testing.assert_close(sh0_to_color(coeffs)[:, None].expand(1, 2, 7, 3), sh_to_color(coeffs, dirs, 0))
     # a zero output is mid-grey, and Gaussians.colors is the degree-0 colour
     head = PointGaussianHead(GaussianHeadConfig(in_dim=3, center="point_offset", gaussians_per_element=1, sh_degree=3))
     torch.nn.init.zeros_(head.net[-1].weight)
@@ -344,7 +352,7 @@ def test_sh_coefficients_and_plain_colour():
 
 def test_config_and_input_errors_name_the_argument():
     for kw, name in [({"center": "grid"}, "center"), ({"bin_spacing": "log"}, "bin_spacing"),
-                     ({"opacity": "alpha"}, "opacity"), ({"num_bins": 0}, "num_bins"), ({"sh_degree": 5}, "sh_degree"),
+                     ({"opacity": "alpha"}, "opacity"), ({"num_bins": 0}, "num_bins"), ({"sh_degree": 4}, "sh_degree"),
                      ({"gaussians_per_element": 9, "num_bins": 8}, "gaussians_per_element"),
                      ({"scale_min_px": 2.0, "scale_max_px": 1.0}, "scale_min_px")]:
         with pytest.raises(InputError, match=f"GaussianHeadConfig.{name}"):

@@ -43,9 +43,10 @@ Activations (parameters leave the heads activated, as ``render.splat`` expects):
   distinct, so the k probabilities already sum to <= 1). Point Gaussians: ``sigmoid(a)``.
 - colour: spherical-harmonics coefficients of degree ``sh_degree``, ``(B, M, (d+1)^2, 3)``; the raw
   output times pixelSplat's per-degree mask (1 for degree 0, ``0.1 * 0.25^l`` for degree l >= 1, so
-  that view dependence starts small). Degree 0 is the plain colour ``C0 * coeff + 0.5``
-  (:func:`sh0_to_color`; gsplat's convention, without gsplat's clamp at 0). ``Gaussians.colors``
-  holds this degree-0 colour; higher degrees need the SH-aware rasterizer, which takes ``sh``.
+  that view dependence starts small). Degree 0 is the plain colour ``max(0, C0 * coeff + 0.5)``
+  (:func:`sh0_to_color`; gsplat's and render/sh.py's convention, so both renders agree).
+  ``HeadOutput.gaussians.colors`` holds this degree-0 colour; :meth:`HeadOutput.sh_gaussians` holds the
+  coefficients for ``rasterize(..., sh_degree=d)`` (render/sh.py: view-dependent, degrees 0..3).
 - sub-pixel shift (depth bins only, pixelSplat; ``subpixel_shift``): the ray passes through
   ``pixel + (sigmoid(t) - 0.5)`` pixels, so a zero output is the pixel itself.
 - point offset: ``delta mu = max_offset_px * footprint * tanh(o)`` (our choice: bounded, in pixels of
@@ -67,7 +68,7 @@ Only pinhole cameras carry depth-bin rays (orthographic rays have no depth-propo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -77,8 +78,9 @@ from ...errors import InputError
 from ...geometry import Cameras
 from ...geometry.rotations import quat_multiply, rotmat_to_quat
 from ...render.gaussians import Gaussians
+from ...render.sh import MAX_SH_DEGREE, SH_C0
 
-C0 = 0.28209479177387814  # degree-0 real spherical harmonic, 1 / (2 sqrt(pi))
+C0 = SH_C0  # degree-0 real spherical harmonic, 1 / (2 sqrt(pi))
 CENTERS = ("depth_bins", "point_offset")
 SPACINGS = ("depth", "disparity")
 OPACITIES = ("probability_x_alpha", "probability")
@@ -158,8 +160,9 @@ def num_sh_coeffs(degree: int) -> int:
 
 
 def sh0_to_color(sh: Tensor) -> Tensor:
-    """Plain colour of the degree-0 term: SH (..., K, 3) -> C0 * sh[..., 0, :] + 0.5 (..., 3)."""
-    return C0 * sh[..., 0, :] + 0.5
+    """Plain colour of the degree-0 term: SH (..., K, 3) -> max(0, C0 * sh[..., 0, :] + 0.5) (..., 3),
+    what render/sh.py's ``sh_to_color`` gives at degree 0 from any direction."""
+    return (C0 * sh[..., 0, :] + 0.5).clamp_min(0.0)
 
 
 def color_to_sh0(rgb: Tensor) -> Tensor:
@@ -212,8 +215,8 @@ class GaussianHeadConfig:
                 bad(name, "must be >= 1")
         if self.hidden_dim < 0:
             bad("hidden_dim", "must be >= 0")
-        if not 0 <= self.sh_degree <= 4:
-            bad("sh_degree", "must be in 0..4")
+        if not 0 <= self.sh_degree <= MAX_SH_DEGREE:
+            bad("sh_degree", f"must be in 0..{MAX_SH_DEGREE} (render/sh.py)")
         if not 0 < self.scale_min_px <= self.scale_max_px:
             bad("scale_min_px", "need 0 < scale_min_px <= scale_max_px")
         if self.max_offset_px < 0:
@@ -231,6 +234,15 @@ class HeadOutput:
     depth: Tensor | None = None  # (B, M) z-depth along its ray (depth_bins; 0 for padding)
     bin_logits: Tensor | None = None  # (n, Z) logits of the n kept elements (depth_bins)
     bin_index: Tensor | None = None  # (n, k) chosen bins of the kept elements (depth_bins)
+
+    @property
+    def sh_degree(self) -> int:
+        return int(round(self.sh.shape[-2] ** 0.5)) - 1
+
+    def sh_gaussians(self) -> Gaussians:
+        """The Gaussians with ``colors`` = SH coefficients (B, M, (d+1)^2, 3), for
+        ``rasterize(..., sh_degree=self.sh_degree)`` (view-dependent colour, render/sh.py)."""
+        return replace(self.gaussians, colors=self.sh)
 
 
 @dataclass
