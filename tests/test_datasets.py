@@ -165,3 +165,39 @@ def test_point_cloud_collate_offsets():
     bare = PointCloudDataset([PointCloud(torch.zeros(2, 3))])[0]
     with pytest.raises(InputError, match=r"lacks \['colors', 'normals'\]"):
         collate_points([bare, ds[0]])
+
+
+def test_multiview_samples_by_view_selection_policy_with_targets_and_near_far():
+    from renderssl.data.datasets import near_far
+    from renderssl.data.synthetic import SyntheticConfig, generate_scene
+    from renderssl.data.views import ViewSelectionConfig
+
+    scene = generate_scene(3, SyntheticConfig(num_views=12, width=16, height=12))
+    ds = MultiViewDataset([scene], views=ViewSelectionConfig(mode="interval", interval=5), num_targets=2,
+                          samples_per_scene=6, seed=1)
+    for i in range(6):
+        s = ds[i]
+        ids = s["view_ids"].tolist()
+        assert len(ids) == 4 and len(set(ids)) == 4 and ids[1] - ids[0] == 5  # the context pair 5 frames apart
+        torch.testing.assert_close(s["c2w"], scene.c2w[s["view_ids"]])
+        valid = scene.depth[s["view_ids"]][scene.depth[s["view_ids"]] > 0].sort().values
+        n = valid.numel()  # the 1st and 99th percentiles by hand (linear interpolation), widened by 10%
+        lo, hi = (valid[int(q * (n - 1))] + (q * (n - 1) % 1) * (valid[int(q * (n - 1)) + 1] - valid[int(q * (n - 1))]) for q in (0.01, 0.99))
+        assert float(s["near"]) == pytest.approx(0.9 * float(lo), rel=1e-5) and float(s["far"]) == pytest.approx(1.1 * float(hi), rel=1e-5)
+    assert [float(x) for x in near_far(torch.zeros(2, 1, 4, 4), (0.5, 7.0))] == [0.5, 7.0]  # no depth: the default
+    overlap = MultiViewDataset([scene], views=ViewSelectionConfig(mode="overlap", min_overlap=0.3), seed=1)
+    assert overlap[0]["rgb"].shape == (2, 3, 12, 16)
+    batch = collate_stacked([ds[0], ds[1]])
+    assert batch["rgb"].shape == (2, 4, 3, 12, 16) and batch["near"].shape == (2,)
+
+
+def test_the_multiview_sample_type_is_built_from_a_recipes_sample_options():
+    from renderssl.data.build import sample_dataset
+    from renderssl.data.views import ViewSelectionConfig
+    from renderssl.train.config import DataConfig
+
+    data = DataConfig(width=16, height=12, views=8, train_scenes=2, val_scenes=1, test_scenes=1)
+    ds, collate = sample_dataset("multiview", data, "pretrain", options={"views": ViewSelectionConfig(interval=3), "num_targets": 1})
+    batch = collate([ds[0], ds[1]])
+    assert len(ds) == 2 and batch["rgb"].shape == (2, 3, 3, 12, 16)
+    assert (batch["view_ids"][:, 1] - batch["view_ids"][:, 0]).tolist() == [3, 3]

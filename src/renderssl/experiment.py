@@ -131,7 +131,8 @@ def pretraining_data(cfg: ExperimentConfig, split: str = "pretrain"):
     the train split); the val and test scenes are never in it."""
     from .data.build import sample_dataset
 
-    return sample_dataset(RECIPES[cfg.method].sample_type, cfg.data, split, recipe=cfg.method)
+    method = RECIPES[cfg.method]
+    return sample_dataset(method.sample_type, cfg.data, split, recipe=cfg.method, options=method.sample_options(cfg.recipe))
 
 
 # ---- earlier stages --------------------------------------------------------------------------------

@@ -234,11 +234,12 @@ def image_split(cfg: DataConfig, split: str):
     return files["train" if split == POOL else split]
 
 
-def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | None = None):
+def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | None = None, options: dict | None = None):
     """(Dataset, collate_fn) of ``split`` in ``sample_type`` samples at the configured size, frames brought
     to it by ``data.resize``. A folder of plain images serves the image sample type only; ``recipe`` names
-    the recipe in the error a recipe of another sample type gets for it."""
-    from .datasets import ImageDataset, RGBDFrameDataset, collate_stacked
+    the recipe in the error a recipe of another sample type gets for it. ``options``: the recipe's sample
+    options (``Method.sample_options``), e.g. a multi-view recipe's view selection and target count."""
+    from .datasets import ImageDataset, MultiViewDataset, RGBDFrameDataset, collate_stacked
 
     size, resize = (cfg.height, cfg.width), cfg.resize
     images = image_split(cfg, split)
@@ -256,4 +257,6 @@ def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | 
         return RGBDFrameDataset(scenes, size=size, resize=resize, **caches), collate_stacked
     if sample_type == "image":
         return ImageDataset(scenes, size=size, resize=resize, **caches), None
-    raise InputError(f"no Dataset for sample type {sample_type!r} yet (known: image, rgbd)")
+    if sample_type == "multiview":
+        return MultiViewDataset(scenes, seed=cfg.seed, size=size, resize=resize, **caches, **(options or {})), collate_stacked
+    raise InputError(f"no Dataset for sample type {sample_type!r} yet (known: image, rgbd, multiview)")

@@ -269,18 +269,28 @@ def select_overlapping_views(c2w: Tensor, num_views: int, generator: torch.Gener
 
 
 class MultiViewDataset(Dataset):
-    """``num_views`` overlapping views of one scene per sample (``samples_per_scene`` samples per scene).
+    """``num_views`` views of one scene per sample (``samples_per_scene`` samples per scene): the multi-view
+    sample type of GS³, PonderV2 and NPS.
 
-    Views are chosen by :func:`select_overlapping_views` with a generator seeded by (seed, epoch, index),
-    so a sample is a pure function of its index; call :meth:`set_epoch` to draw new views each epoch.
-    ``size=(H, W)`` brings every view to that size by ``resize`` (module docstring), K following.
+    Views come from ``views`` (a :class:`~renderssl.data.views.ViewSelectionConfig`: GS³'s context pair by
+    frame interval or measured overlap, then ``num_targets`` extra target views drawn at random from the
+    scene's other frames; ``num_views`` is then 2 + ``num_targets``), or, without it, from
+    :func:`select_overlapping_views` (a pose score). The generator is seeded by (seed, epoch, index), so a
+    sample is a pure function of its index; :meth:`set_epoch` draws new views each epoch. ``size=(H, W)``
+    brings every view to that size by ``resize`` (module docstring), K following. Each sample carries the
+    scene's ``near`` and ``far`` (:func:`near_far`).
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
                  pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0,
-                 size: tuple[int, int] | None = None, resize: str = "crop"):
-        if num_views < 1 or samples_per_scene < 1:
-            raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1, got {num_views}, {samples_per_scene}")
+                 size: tuple[int, int] | None = None, resize: str = "crop", views=None, num_targets: int = 0,
+                 default_near_far: tuple[float, float] = (0.1, 100.0)):
+        if views is not None:
+            num_views = 2 + num_targets
+        if num_views < 1 or samples_per_scene < 1 or num_targets < 0:
+            raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1 and num_targets >= 0, got "
+                             f"{num_views}, {samples_per_scene}, {num_targets}")
+        self.views, self.num_targets, self.default_near_far = views, num_targets, tuple(default_near_far)
         self.scenes = SceneList(scenes, ViewSet, cache_scenes, cache_mb)
         self.num_views, self.samples_per_scene, self.seed, self.pool = num_views, samples_per_scene, seed, pool
         self.require_depth, self.epoch = require_depth, 0
@@ -299,7 +309,7 @@ class MultiViewDataset(Dataset):
         vs = self.scenes[scene]
         if len(vs) < self.num_views:
             raise InputError(f"MultiViewDataset: scene {vs.name!r} has {len(vs)} views, fewer than num_views={self.num_views}")
-        ids = select_overlapping_views(vs.c2w, self.num_views, sample_generator(self.seed, self.epoch, idx), self.pool)  # (V,)
+        ids = self.select_views(scene, vs, sample_generator(self.seed, self.epoch, idx))  # (V,)
         frames = []
         for i in ids:
             f = self.scenes.frame(scene, int(i))
@@ -314,10 +324,36 @@ class MultiViewDataset(Dataset):
             "scene": vs.name,
             "scene_index": torch.tensor(scene, dtype=torch.int64),
         }
+        sample["near"], sample["far"] = near_far(sample["depth"], self.default_near_far)
         for key in ("semantic", "instance"):
             if all(key in f for f in frames):
                 sample[key] = torch.stack([f[key] for f in frames])  # (V, H, W)
         return sample
+
+    def select_views(self, scene: int, vs, generator: torch.Generator) -> Tensor:
+        """(V,) frame indices: the context views first, then the targets."""
+        if self.views is None:
+            return select_overlapping_views(vs.c2w, self.num_views, generator, self.pool)
+        from .views import random_views, select_pair
+
+        depth = None
+        if self.views.mode == "overlap":  # the measured overlap needs every frame's depth
+            depth = torch.stack([frame_depth(self.scenes.frame(scene, i), vs, True, "MultiViewDataset") for i in range(len(vs))])
+        pair = select_pair(self.views, len(vs), generator, K=vs.K, c2w=vs.c2w, depth=depth)  # (2,)
+        if not self.num_targets:
+            return pair
+        others = torch.tensor([i for i in range(len(vs)) if i not in set(pair.tolist())], dtype=torch.int64)
+        return torch.cat([pair, others[random_views(len(others), self.num_targets, generator)]])
+
+
+def near_far(depth: Tensor, default: tuple[float, float], margin: float = 0.1) -> tuple[Tensor, Tensor]:
+    """() near and far of a sample's views: the 1st and 99th percentiles of their valid depth (depth
+    (V, 1, H, W), 0 = invalid) widened by ``margin`` (x 0.9 and x 1.1; our choice), else ``default``."""
+    valid = depth[depth > 0]
+    if valid.numel() == 0:
+        return torch.tensor(float(default[0])), torch.tensor(float(default[1]))
+    q = torch.quantile(valid.float()[:: max(1, valid.numel() // 100_000)], torch.tensor([0.01, 0.99]))  # (2,)
+    return q[0] * (1 - margin), q[1] * (1 + margin)
 
 
 # ---- point clouds ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ heads and renderers its pretext task needs. It declares, as class attributes and
   weight decay (e.g. GNT's transformer at 5e-4 and CNN at 1e-3); ``optim.groups`` overrides them;
 - :meth:`validate`: metrics of a held-out batch (default: the loss and its terms, without gradients);
 - ``config_class``: its config dataclass (the YAML section named after the recipe);
+- :meth:`sample_options`: options of its Dataset (a multi-view recipe's view selection);
 - ``stage_fields``: config fields naming an earlier run it starts from (Mask3D's Stage-I ``init_from``),
   which the experiment can run first (``pretrain:<preset>``) and clears when a run is reloaded.
 
@@ -113,6 +114,12 @@ class Method(nn.Module):
     def encoder_config(self) -> dict:
         """JSON-serialisable description of the encoder, written beside exported weights."""
         return dataclass_dict(self.config.encoder)
+
+    @classmethod
+    def sample_options(cls, config) -> dict:
+        """Keyword options of the recipe's Dataset (e.g. a multi-view recipe's ``views`` and
+        ``num_targets`` for :class:`~renderssl.data.datasets.MultiViewDataset`); none by default."""
+        return {}
 
     def param_groups(self) -> list[ParamGroup]:
         """Named parameter groups with their own lr / weight decay; none = one group for everything."""
