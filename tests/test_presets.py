@@ -23,6 +23,8 @@ def test_base_preset_builds_and_takes_one_step(preset, tmp_path):
     cfg = load_experiment(preset, overrides)
     if "init_from" in cfg.method_config.__dataclass_fields__:
         cfg = load_experiment(preset, [*overrides, f"{cfg.method}.init_from=null"])  # Stage I is a run of its own preset
+    if "lpips_weight" in cfg.method_config.__dataclass_fields__:  # LPIPS weights are local files a test machine lacks
+        cfg = load_experiment(preset, [*overrides, f"{cfg.method}.lpips_weight=0"])
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in build_method(cfg).encoder.state_dict().items()}
     summary = run_pretraining(cfg)
@@ -32,4 +34,5 @@ def test_base_preset_builds_and_takes_one_step(preset, tmp_path):
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(moved) > len(before) // 2  # the step updated the encoder
     height, width = cfg.data.height, cfg.data.width
-    assert tuple(cfg.method_config.encoder.img_size) == (height, width)  # the preset's resolution reached the model
+    if hasattr(getattr(cfg.method_config, "encoder", None), "img_size"):  # image encoders with a fixed input size
+        assert tuple(cfg.method_config.encoder.img_size) == (height, width)  # the preset's resolution reached the model
