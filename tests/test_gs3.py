@@ -18,6 +18,8 @@ from renderssl.geometry import Cameras
 from renderssl.methods.base import StepContext
 from renderssl.methods.gs3 import GS3, GS3Config, LPIPSWeights, random_rotations
 from renderssl.models.encoders.pointnet2 import PointNet2Config
+from renderssl.models.encoders.resnet import ResNetConfig
+from renderssl.models.heads.epipolar import EpipolarTransformerConfig
 from renderssl.models.encoders.sparse_unet import SparseUNetConfig
 from renderssl.models.heads.gaussian_head import GaussianHeadConfig
 
@@ -117,6 +119,51 @@ def test_a_tiny_3d_run_halves_its_loss_on_a_fixed_batch(batch, center, arch):
     assert min(losses[-3:]) <= 0.5 * losses[0], losses
 
 
+def tiny_2d(**kw) -> GS3:
+    cfg = GS3Config(encoder_architecture="resnet", resnet=ResNetConfig(depth=18),
+                    epipolar=EpipolarTransformerConfig(dim=32, layers=1, heads=2, dim_head=16, mlp_dim=64, num_samples=16),
+                    head=GaussianHeadConfig(gaussians_per_element=2, sh_degree=1), lpips_weight=0.0, **kw)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GS3(cfg)
+
+
+def test_2d_path_keeps_exactly_half_the_pixels_and_only_they_make_gaussians(batch):
+    model = tiny_2d()
+    prep = model.prepare_pixels(batch, gen(4))
+    keep = prep["keep"]  # (B 2 H W,)
+    assert keep.reshape(2, -1).sum(1).tolist() == [H * W, H * W]  # half of 2 H W pixels per scene
+    head_out, pixel_index = model.predict_gaussians_2d(batch["rgb"], prep)
+    per_pixel = torch.bincount(pixel_index[head_out.valid], minlength=len(keep))
+    assert per_pixel[keep].eq(2).all() and per_pixel[~keep].eq(0).all()
+    # a masked pixel's colour never reaches the Gaussians: changing it changes nothing
+    changed = dict(batch, rgb=batch["rgb"].clone())
+    hidden = (~keep).reshape(2, 2, 1, H, W).expand(-1, -1, 3, -1, -1)
+    changed["rgb"][:, :2][hidden] = torch.rand(int(hidden.sum()))
+    model.eval()
+    with torch.no_grad():
+        a = model.predict_gaussians_2d(batch["rgb"], prep)[0].gaussians.means
+        b = model.predict_gaussians_2d(changed["rgb"], prep)[0].gaussians.means
+    assert torch.equal(a, b)
+    with pytest.raises(InputError, match="gs3.head.center"):
+        GS3Config(encoder_architecture="resnet", head=GaussianHeadConfig(center="point_offset"))
+
+
+def test_a_tiny_2d_run_halves_its_loss_on_a_fixed_batch(batch):
+    model = tiny_2d()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        out = model(batch, StepContext(generator=gen(0), step=1))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    assert out.renders["visible 1"].shape == (2, 3, H, W)
+    assert min(losses[-3:]) <= 0.5 * losses[0], losses
+
+
 def test_missing_lpips_weights_stop_the_recipe_naming_the_key_and_weight_zero_says_mse_only(tmp_path):
     cfg = GS3Config(pointnet2=PointNet2Config(preset="small"), lpips_weights=LPIPSWeights(vgg_path=str(tmp_path / "none.pth")))
     with pytest.raises(InputError) as err:
@@ -147,7 +194,7 @@ def test_with_weights_the_loss_is_mse_plus_005_lpips(batch, tmp_path):
     lp = reference(rendered.flatten(0, 1), batch["rgb"].flatten(0, 1)).mean()
     mse = ((rendered - batch["rgb"]) ** 2).mean()
     assert float(out.terms["lpips"]) == pytest.approx(float(lp), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(mse + 0.05 * lp), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(mse + 0.05 * lp), rel=1e-5)
 
 
 def test_the_presets_build_and_train_through_the_experiment(tmp_path):
@@ -173,3 +220,8 @@ def test_the_presets_build_and_train_through_the_experiment(tmp_path):
     assert summary.steps_done == 2 and math.isfinite(summary.last_loss)
     assert read_encoder_info(tmp_path / "run" / "encoder")["architecture"] == "pointnet2"
     assert list((tmp_path / "run" / "previews").glob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rgb = load_experiment("gs3_rgb_tiny", small + ["train.steps=1", f"train.out_dir={tmp_path / 'rgb'}"])
+        assert run_pretraining(rgb).steps_done == 1
+    assert read_encoder_info(tmp_path / "rgb" / "encoder")["architecture"] == "resnet"

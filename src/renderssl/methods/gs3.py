@@ -1,6 +1,7 @@
-"""GS³ (a universal self-supervised paradigm via 3D Gaussian splatting), 3D path: two posed RGB-D views ->
+"""GS³ (a universal self-supervised paradigm via 3D Gaussian splatting). 3D path: two posed RGB-D views ->
 one coloured point cloud -> 3D encoder on the visible half -> k Gaussians per visible point -> rasterized
-into the views -> MSE + 0.05 LPIPS.
+into the views -> MSE + 0.05 LPIPS. 2D path: two RGB views -> ResNet -> epipolar transformer -> k
+Gaussians per visible pixel -> the same rendering and loss.
 
 Mechanism (GS³ Sec. 3.1-3.5, 4.1; the paper's defaults):
 
@@ -32,7 +33,24 @@ Mechanism (GS³ Sec. 3.1-3.5, 4.1; the paper's defaults):
    with one message naming the key, unless ``lpips_weight`` is 0: then it trains with MSE only and says
    so once (a warning at construction).
 
+2D path (Sec. 3.3; ``encoder_architecture: resnet``): the two context RGB views, 50% of each scene's context
+pixels masked (exactly round(0.5 x 2HW)), go through a ResNet (ResNet-50 at paper scale); an epipolar
+transformer (``models/heads/epipolar.py``, pixelSplat's design) refines each view's features by
+cross-attention along its epipolar lines in the other view; the same depth-bin head puts k Gaussians on
+the ray of every visible pixel; rendering and loss as above.
+
 Our choices where the paper is silent:
+
+- 2D path: masked pixels are zeroed in the encoder's input and make no Gaussians (a convolutional
+  encoder cannot drop pixels; the RGB skip sees the masked input too, so a masked pixel's colour reaches
+  nothing). The pixel features: each ResNet stage projected to the epipolar width by a 1x1 conv,
+  bilinearly upsampled to stride 4 and summed (pixelSplat runs its epipolar transformer at 1/4 of the
+  image), epipolar refinement at stride 4 (K of the feature grid by ``Cameras.resized``), bilinear
+  upsampling to full resolution plus pixelSplat's high-resolution skip ``ReLU(Conv7x7(rgb))``
+  (pixelSplat upsamples by a transposed conv with a residual refinement instead). RGB enters in [0, 1]
+  (renderssl's ResNets take un-normalised images downstream too). No rotation augmentation (there are no
+  points; rotating cameras and Gaussians together changes no image). Only the ResNet is exported; the
+  lateral convs, the epipolar transformer and the skip belong to the pretext task.
 
 - No epipolar transformer on the 3D path: the paper's overview passes point features through one, but
   the two views' points live in one fused world cloud, so the 3D encoder already sees both views; the
@@ -61,19 +79,24 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.points import random_mask_per_cloud
 from ..data.views import ViewSelectionConfig
 from ..errors import InputError
 from ..geometry import Cameras, axis_angle_to_rotmat
 from ..models.encoders.pointnet2 import PointNet2, PointNet2Config
+from ..models.encoders.resnet import ResNet, ResNetConfig
 from ..models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
-from ..models.heads.gaussian_head import GaussianHeadConfig, PixelRays, build_gaussian_head, pixel_footprint
+from ..models.heads.epipolar import EpipolarTransformer, EpipolarTransformerConfig
+from ..models.heads.gaussian_head import (
+    GaussianHeadConfig, PixelRays, build_gaussian_head, image_elements, pixel_footprint,
+)
 from ..render.splat import rasterize
 from .base import Method, MethodOutput, StepContext, dataclass_dict
 
-ARCHITECTURES = ("pointnet2", "sparse_unet")
+POINT_ARCHITECTURES = ("pointnet2", "sparse_unet")  # the 3D path
+ARCHITECTURES = (*POINT_ARCHITECTURES, "resnet")  # resnet: the 2D path
 NUM_CONTEXT = 2  # GS³: a pair of views with overlapping fields of view
 IN_CHANNELS = 3  # RGB
 
@@ -96,9 +119,11 @@ def _default_sparse_unet() -> SparseUNetConfig:
 
 @dataclass
 class GS3Config:
-    encoder_architecture: str = "pointnet2"  # pointnet2 | sparse_unet
+    encoder_architecture: str = "pointnet2"  # pointnet2 | sparse_unet (3D path) | resnet (2D path)
     pointnet2: PointNet2Config = field(default_factory=_default_pointnet2)
     sparse_unet: SparseUNetConfig = field(default_factory=_default_sparse_unet)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)  # 2D path: ResNet-50 (GS³ Sec. 3.3)
+    epipolar: EpipolarTransformerConfig = field(default_factory=EpipolarTransformerConfig)  # 2D path
     head: GaussianHeadConfig = field(default_factory=GaussianHeadConfig)
     mask_ratio: float = 0.5  # fraction of each scene's points masked (GS³ Tab. 8: 50% best)
     rotate_xy: float = math.pi / 64  # max |angle| about X and Y, radians
@@ -115,13 +140,23 @@ class GS3Config:
         if self.encoder_architecture not in ARCHITECTURES:
             raise InputError(f"gs3.encoder_architecture: {self.encoder_architecture!r} is not one of {list(ARCHITECTURES)}")
         enc = self.encoder_cfg
-        if enc.in_channels != IN_CHANNELS:
-            raise InputError(f"gs3.{self.encoder_architecture}.in_channels: GS³ feeds the points' RGB ({IN_CHANNELS} "
-                             f"channels), got {enc.in_channels}")
-        if isinstance(enc, SparseUNetConfig) and enc.num_classes != 0:
-            raise InputError("gs3.sparse_unet.num_classes: must be 0 (the encoder's features feed the Gaussian head)")
+        if self.encoder_architecture == "resnet":
+            if enc.in_chans != IN_CHANNELS or enc.num_classes != 0:
+                raise InputError(f"gs3.resnet: in_chans must be {IN_CHANNELS} (RGB) and num_classes 0, got "
+                                 f"{enc.in_chans} and {enc.num_classes}")
+            if self.head.center != "depth_bins":
+                raise InputError(f"gs3.head.center: the 2D path (encoder_architecture resnet) places Gaussians on pixel "
+                                 f"rays (depth_bins); {self.head.center!r} needs points")
+            width = self.epipolar.dim  # the head reads the epipolar transformer's features
+        else:
+            if enc.in_channels != IN_CHANNELS:
+                raise InputError(f"gs3.{self.encoder_architecture}.in_channels: GS³ feeds the points' RGB ({IN_CHANNELS} "
+                                 f"channels), got {enc.in_channels}")
+            if isinstance(enc, SparseUNetConfig) and enc.num_classes != 0:
+                raise InputError("gs3.sparse_unet.num_classes: must be 0 (the encoder's features feed the Gaussian head)")
+            width = enc.out_channels
         # the head reads the encoder's features: its width follows the encoder's
-        self.head = dataclasses.replace(self.head, in_dim=enc.out_channels)
+        self.head = dataclasses.replace(self.head, in_dim=width)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise InputError(f"gs3.mask_ratio: must lie in [0, 1), got {self.mask_ratio}")
         for name in ("rotate_xy", "rotate_z"):
@@ -135,8 +170,8 @@ class GS3Config:
             raise InputError(f"gs3.num_targets: must be >= 0, got {self.num_targets}")
 
     @property
-    def encoder_cfg(self) -> PointNet2Config | SparseUNetConfig:
-        return self.pointnet2 if self.encoder_architecture == "pointnet2" else self.sparse_unet
+    def encoder_cfg(self) -> PointNet2Config | SparseUNetConfig | ResNetConfig:
+        return getattr(self, self.encoder_architecture)
 
 
 @dataclass
@@ -213,7 +248,15 @@ class GS3(Method):
         super().__init__()
         self.config = config
         self.encoder_architecture = config.encoder_architecture  # the export architecture of this instance
-        self.encoder = PointNet2(config.pointnet2) if config.encoder_architecture == "pointnet2" else SparseUNet(config.sparse_unet)
+        self.point_path = config.encoder_architecture in POINT_ARCHITECTURES
+        if self.point_path:
+            self.encoder = PointNet2(config.pointnet2) if config.encoder_architecture == "pointnet2" else SparseUNet(config.sparse_unet)
+        else:  # 2D path: ResNet stages -> one stride-4 map -> epipolar transformer -> full resolution + RGB skip
+            dim = config.epipolar.dim
+            self.encoder = ResNet(config.resnet)
+            self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in self.encoder.feature_channels)
+            self.epipolar = EpipolarTransformer(config.epipolar)
+            self.skip = nn.Sequential(nn.Conv2d(IN_CHANNELS, dim, 7, padding=3), nn.ReLU())  # pixelSplat's high-res skip
         self.head = build_gaussian_head(config.head)
         self.register_buffer("background", torch.tensor(config.background, dtype=torch.float32), persistent=False)
         self._lpips = None  # kept out of the module tree: frozen, never checkpointed or optimised
@@ -269,8 +312,21 @@ class GS3(Method):
         pivots = scene_pivots(cloud.points, cloud.batch, B)  # (B, 3)
         points, c2w_aug = rotate_scenes(cloud.points, cloud.batch, c2w, rotations, pivots)  # (N, 3), (B, V, 4, 4)
         masked = random_mask_per_cloud(cloud.counts, self.config.mask_ratio, generator).to(rgb.device)  # (N,)
+        shown = torch.zeros(B * NUM_CONTEXT * H * W, dtype=rgb.dtype, device=rgb.device)
+        shown[cloud.flat[~masked]] = 1.0  # 1 at the pixels of visible points
         return {"cloud": dataclasses.replace(cloud, points=points), "cameras": Cameras(K, c2w_aug, W, H),
-                "keep": ~masked, "near": near, "far": far, "rotations": rotations, "pivots": pivots}
+                "keep": ~masked, "near": near, "far": far, "rotations": rotations, "pivots": pivots,
+                "shown": shown.reshape(B, NUM_CONTEXT, 1, H, W)}
+
+    def prepare_pixels(self, batch: dict, generator: torch.Generator) -> dict:
+        """2D path: the context pixels, packed scene by scene in (view, row, column) order, and the pixel mask
+        (exactly round(mask_ratio 2HW) of each scene's pixels masked); cameras as given (no augmentation)."""
+        rgb, depth, K, c2w, near, far = self.check_batch(batch)
+        B, V, _, H, W = rgb.shape
+        counts = torch.full((B,), NUM_CONTEXT * H * W, dtype=torch.int64)
+        masked = random_mask_per_cloud(counts, self.config.mask_ratio, generator).to(rgb.device)  # (B 2 H W,)
+        return {"cameras": Cameras(K, c2w, W, H), "keep": ~masked, "near": near, "far": far,
+                "shown": (~masked).to(rgb.dtype).reshape(B, NUM_CONTEXT, 1, H, W)}
 
     # ---- the model -----------------------------------------------------------------------------------
     def predict_gaussians(self, prep: dict):
@@ -290,6 +346,28 @@ class GS3(Method):
         point_index = torch.where(out.source >= 0, vis[out.source.clamp(min=0)], -1)  # (B, M) packed point index
         return out, point_index
 
+    def predict_gaussians_2d(self, rgb: Tensor, prep: dict):
+        """2D path: ResNet features of both masked views (stages projected to the epipolar width by 1x1
+        convs, upsampled to stride 4 and summed), epipolar cross-view refinement, bilinear upsampling to
+        full resolution plus the RGB skip, depth-bin head on the visible pixels -> (HeadOutput, pixel
+        index (B, M) into the packed (b, view, row, column) pixels)."""
+        cams, keep = prep["cameras"], prep["keep"]
+        B, _, _, H, W = rgb.shape
+        x = (rgb[:, :NUM_CONTEXT] * prep["shown"]).flatten(0, 1)  # (2B, 3, H, W) masked pixels zeroed
+        stages = self.encoder.forward_features(x)  # 4 x (2B, C_s, H/s, W/s)
+        h, w = stages[0].shape[-2:]
+        fused = sum(F.interpolate(lat(f), size=(h, w), mode="bilinear", align_corners=False)
+                    for lat, f in zip(self.lateral, stages))  # (2B, dim, h, w)
+        context = Cameras(cams.K[:, :NUM_CONTEXT], cams.c2w[:, :NUM_CONTEXT], W, H)
+        grid = context.resized(w, h)
+        refined = self.epipolar(fused.unflatten(0, (B, NUM_CONTEXT)), grid.K, grid.c2w, prep["near"], prep["far"])  # (B, 2, dim, h, w)
+        full = F.interpolate(refined.flatten(0, 1), size=(H, W), mode="bilinear", align_corners=False) + self.skip(x)  # (2B, dim, H, W)
+        features = full.unflatten(0, (B, NUM_CONTEXT)).permute(0, 1, 3, 4, 2).reshape(-1, full.shape[1])  # (B 2 H W, dim)
+        uv, view, scene, offset = image_elements(context)
+        rays = PixelRays.from_pixels(context, uv, view, scene, prep["near"], prep["far"])
+        out = self.head(features, rays, offset, keep=keep)
+        return out, out.source
+
     def render(self, head_out, cameras: Cameras):
         return rasterize(head_out.sh_gaussians(), cameras, background=self.background.to(head_out.gaussians.means),
                          backend=self.config.render_backend, sh_degree=head_out.sh_degree)
@@ -303,8 +381,12 @@ class GS3(Method):
 
     def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
-        prep = self.prepare(batch, generator)
-        head_out, point_index = self.predict_gaussians(prep)
+        if self.point_path:
+            prep = self.prepare(batch, generator)
+            head_out, point_index = self.predict_gaussians(prep)
+        else:
+            prep = self.prepare_pixels(batch, generator)
+            head_out, point_index = self.predict_gaussians_2d(batch["rgb"], prep)
         out = self.render(head_out, prep["cameras"])
         rgb = batch["rgb"]  # (B, V, 3, H, W)
         rendered = out.color  # (B, V, 3, H, W)
@@ -322,7 +404,8 @@ class GS3(Method):
                 mean_opacity=g.opacities[valid].mean(), gaussians_per_scene=valid.sum(1).float().mean(),
             )
             renders = self.preview_renders(batch, prep, out)
-        extras = {"gaussians": g, "rendered": rendered, "point_index": point_index, "keep": prep["keep"], "cameras": prep["cameras"]}
+        extras = {"gaussians": g, "rendered": rendered, "source_index": point_index,  # packed point / pixel of each Gaussian
+                  "keep": prep["keep"], "cameras": prep["cameras"]}
         return MethodOutput(loss, terms, renders, extras)
 
     def preview_renders(self, batch: dict, prep: dict, out) -> dict[str, Tensor]:
@@ -330,11 +413,7 @@ class GS3(Method):
         from ..viz import colorize_depth_batch, scalar_range
 
         rgb, depth = batch["rgb"], batch["depth"]  # (B, V, 3, H, W), (B, V, 1, H, W)
-        B, _, _, H, W = rgb.shape
-        cloud, keep = prep["cloud"], prep["keep"]
-        shown = torch.zeros(B * NUM_CONTEXT * H * W, device=rgb.device)
-        shown[cloud.flat[keep]] = 1.0
-        shown = shown.reshape(B, NUM_CONTEXT, 1, H, W)  # 1 where a visible point came from
+        shown = prep["shown"]  # (B, 2, 1, H, W) 1 at visible points' / pixels' places
         renders = {}
         for v in range(NUM_CONTEXT):
             lo, hi = scalar_range(depth[:, v, 0], depth[:, v, 0] > 0)  # (B,) each: the input depth's range
