@@ -106,17 +106,22 @@ def test_the_rotation_keeps_every_point_on_its_pixel_in_every_camera(batch):
 
 @pytest.mark.parametrize("center, arch", [("depth_bins", "pointnet2"), ("point_offset", "sparse_unet")])
 def test_a_tiny_3d_run_halves_its_loss_on_a_fixed_batch(batch, center, arch):
-    model = tiny(center, arch)
+    out, losses = fit_fixed_batch(tiny(center, arch), batch)
+    assert out.renders["rendering 0"].shape == (2, 3, H, W)
+    assert min(losses[-3:]) <= 0.5 * losses[0], losses
+
+
+def fit_fixed_batch(model, batch, steps: int = 12):
+    """Adam on one batch with the same masks every step: (last output, losses)."""
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(steps):
         out = model(batch, StepContext(generator=gen(0), step=1))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         losses.append(float(out.loss.detach()))
-    assert out.renders["rendering 0"].shape == (2, 3, H, W)
-    assert min(losses[-3:]) <= 0.5 * losses[0], losses
+    return out, losses
 
 
 def tiny_2d(**kw) -> GS3:
@@ -151,15 +156,7 @@ def test_2d_path_keeps_exactly_half_the_pixels_and_only_they_make_gaussians(batc
 
 
 def test_a_tiny_2d_run_halves_its_loss_on_a_fixed_batch(batch):
-    model = tiny_2d()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        out = model(batch, StepContext(generator=gen(0), step=1))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(float(out.loss.detach()))
+    out, losses = fit_fixed_batch(tiny_2d(), batch)
     assert out.renders["visible 1"].shape == (2, 3, H, W)
     assert min(losses[-3:]) <= 0.5 * losses[0], losses
 
