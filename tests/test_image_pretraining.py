@@ -15,7 +15,6 @@ from renderssl.data.formats import write_scannet
 from renderssl.data.formats.image_folder import is_image_source
 from renderssl.data.formats.images import fit_intrinsics, write_rgb
 from renderssl.data.synthetic import SyntheticConfig, generate_scene
-from renderssl.data.types import ViewSet
 from renderssl.data.unreadable import SkipUnreadable
 from renderssl.errors import InputError
 from renderssl.experiment import load_experiment, pretraining_data, run_pretraining

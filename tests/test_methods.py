@@ -85,7 +85,7 @@ def test_fixed_camera_maps_view_extent_to_the_image_border():
     torch.testing.assert_close(z[0, 0], torch.tensor([2.0, 1.5]))
 
 
-def _one_gaussian(x: float, z: float, scale: float = 0.05) -> "Gaussians":
+def _one_gaussian(x: float, z: float, scale: float = 0.05):
     from renderssl.render.splat import Gaussians
 
     return Gaussians(torch.tensor([[[x, 0.0, z]]]), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.full((1, 1, 3), scale),

@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from renderssl.data.build import load_split, pool_indices, sample_dataset, split_range
+from renderssl.data.build import load_split, pool_indices, split_range
 from renderssl.data.datasets import ImageDataset, RGBDFrameDataset, collate_stacked
 from renderssl.data.formats import read_scannet, write_scannet
 from renderssl.data.scenes import SceneList, SceneRef

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .memory import status_kib
+
 MIB = 2**20
 
 
@@ -40,13 +42,6 @@ class DataBenchResult:
     @property
     def total_peak_mib(self) -> float:
         return self.main_peak_mib + sum(self.worker_peak_mib)
-
-
-def _vm_hwm_kib(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def measure(preset: str, overrides: list[str], workers: int, batches: int, seed: int = 0) -> dict:
@@ -68,11 +63,11 @@ def measure(preset: str, overrides: list[str], workers: int, batches: int, seed:
         batch, _ = next(it)
     seconds = time.perf_counter() - start
     worker_pids = [w.pid for w in getattr(it, "_workers", [])]
-    worker_peaks = [_vm_hwm_kib(pid) / 1024 for pid in worker_pids]
+    worker_peaks = [status_kib("VmHWM", pid) / 1024 for pid in worker_pids]
     sample = dataset[0]
     sample_bytes = sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
     return {"samples": batches * cfg.train.batch_size, "samples_per_s": batches * cfg.train.batch_size / seconds,
-            "main_peak_mib": _vm_hwm_kib() / 1024, "worker_peak_mib": worker_peaks,
+            "main_peak_mib": status_kib("VmHWM") / 1024, "worker_peak_mib": worker_peaks,
             "decoded_split_mib": len(dataset) * sample_bytes / MIB, "batch_keys": sorted(batch)}
 
 

@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 
 _M_MMAP_THRESHOLD = -3
-_STATUS = Path("/proc/self/status")
-
-
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A kB field (VmRSS, VmHWM, ...) of process ``pid``'s /proc status; None where unreadable."""
     try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.M)
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
     except OSError:
         return None
     return int(match.group(1)) if match else None
@@ -58,7 +56,7 @@ class PeakMemory:
             except OSError:
                 self._start = None
                 return self
-            self._start = _status_kib("VmRSS")
+            self._start = status_kib("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -66,6 +64,6 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
         elif self._start is not None:
-            peak = _status_kib("VmHWM")
+            peak = status_kib("VmHWM")
             self.bytes = None if peak is None else max(0, peak - self._start) * 1024
 

@@ -341,10 +341,8 @@ class SceneList:
 
     def frame(self, i: int, f: int) -> dict:
         """Frame ``f`` of scene ``i`` in sample dtypes (float32 images and depth, int64 labels)."""
-        if isinstance(self.items[i], ViewSet):  # in memory already: no second copy
-            return as_sample_dtypes(viewset_frame(self.items[i], f))
         scene = self[i]
-        if isinstance(scene, ViewSet):
+        if isinstance(scene, ViewSet):  # in memory already: no second copy
             return as_sample_dtypes(viewset_frame(scene, f))
         return as_sample_dtypes(self.cache.frame((self.key(i), f), lambda: compact(scene.read_frame(f))))
 

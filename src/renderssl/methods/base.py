@@ -30,6 +30,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..typed_config import to_dict
+
 SAMPLE_TYPES = ("image", "rgbd", "multiview", "points")
 
 
@@ -85,19 +87,6 @@ def detach_tree(value):
     return value
 
 
-def dataclass_dict(config) -> dict:
-    """Plain JSON-serialisable dict (tuples as lists) of a dataclass config."""
-
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(config))
-
-
 class Method(nn.Module):
     """Base class of the recipes."""
 
@@ -113,7 +102,7 @@ class Method(nn.Module):
 
     def encoder_config(self) -> dict:
         """JSON-serialisable description of the encoder, written beside exported weights."""
-        return dataclass_dict(self.config.encoder)
+        return to_dict(self.config.encoder)
 
     @classmethod
     def sample_options(cls, config) -> dict:

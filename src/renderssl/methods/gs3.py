@@ -93,7 +93,8 @@ from ..models.heads.gaussian_head import (
     GaussianHeadConfig, PixelRays, build_gaussian_head, image_elements, pixel_footprint,
 )
 from ..render.splat import rasterize
-from .base import Method, MethodOutput, StepContext, dataclass_dict
+from ..typed_config import to_dict
+from .base import Method, MethodOutput, StepContext
 
 POINT_ARCHITECTURES = ("pointnet2", "sparse_unet")  # the 3D path
 ARCHITECTURES = (*POINT_ARCHITECTURES, "resnet")  # resnet: the 2D path
@@ -277,7 +278,7 @@ class GS3(Method):
         return {"views": config.views, "num_targets": config.num_targets}
 
     def encoder_config(self) -> dict:
-        return dataclass_dict(self.config.encoder_cfg)
+        return to_dict(self.config.encoder_cfg)
 
     # ---- the data path -------------------------------------------------------------------------------
     @staticmethod
