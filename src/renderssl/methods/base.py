@@ -67,6 +67,7 @@ class MethodOutput:
     terms: dict[str, Tensor] = field(default_factory=dict)  # named scalar parts of the loss, for logging
     renders: dict[str, Tensor] = field(default_factory=dict)  # (B, 3, H, W) in [0, 1] for previews (detached)
     extras: dict = field(default_factory=dict)  # method-specific outputs (e.g. GMAE's Gaussians), detached
+    rendered_pixels: int = 0  # pixels (rays) rendered and compared with observed ones this step; 0: none
 
     def __post_init__(self):
         self.terms = {k: v.detach() for k, v in self.terms.items()}

@@ -198,7 +198,8 @@ class GMAE(Method):
                 "input": images, "masked": images * (1 - pixel_mask) + pixel_mask * 0.5,
                 "rendering": rendered.clamp(0, 1), "depth": out.depth[:, 0], "alpha": out.alpha[:, 0],
             }
-        return MethodOutput(loss, terms, renders, extras={"gaussians": gaussians, "camera": camera})
+        return MethodOutput(loss, terms, renders, extras={"gaussians": gaussians, "camera": camera},
+                            rendered_pixels=rendered.shape[0] * rendered.shape[-2] * rendered.shape[-1])
 
     def preview_panels(self, batch: dict, output: MethodOutput) -> list[tuple[str, Tensor]]:
         """Input, masked input, reconstruction, Gaussian centres, depth layers (front/back halves)."""

@@ -407,7 +407,7 @@ class GS3(Method):
             renders = self.preview_renders(batch, prep, out)
         extras = {"gaussians": g, "rendered": rendered, "source_index": point_index,  # packed point / pixel of each Gaussian
                   "keep": prep["keep"], "cameras": prep["cameras"]}
-        return MethodOutput(loss, terms, renders, extras)
+        return MethodOutput(loss, terms, renders, extras, rendered_pixels=rendered[:, :, 0].numel())  # B V H W
 
     def preview_renders(self, batch: dict, prep: dict, out) -> dict[str, Tensor]:
         """(B, 3, H, W) pictures: the context views, their visible pixels, the renderings, depth."""
