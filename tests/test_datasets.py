@@ -201,3 +201,33 @@ def test_the_multiview_sample_type_is_built_from_a_recipes_sample_options():
     batch = collate([ds[0], ds[1]])
     assert len(ds) == 2 and batch["rgb"].shape == (2, 3, 3, 12, 16)
     assert (batch["view_ids"][:, 1] - batch["view_ids"][:, 0]).tolist() == [3, 3]
+
+
+def test_between_targets_lie_strictly_between_the_interval_pair_and_random_stays_unchanged():
+    from renderssl.data.views import ViewSelectionConfig
+
+    scene = line_viewset(12, name="line")
+    between = MultiViewDataset([scene], views=ViewSelectionConfig(interval=5, targets="between"), num_targets=1,
+                               samples_per_scene=40, seed=3)
+    seen = set()
+    for i in range(len(between)):
+        a, b, t = between[i]["view_ids"].tolist()
+        assert b - a == 5 and a < t < b
+        seen.add(t - a)
+    assert seen == {1, 2, 3, 4}  # uniform among i+1 .. i+4: every offset occurs in 40 draws
+    # the default (random) draws exactly what pretraining drew before: any other frame, same generator use
+    default = MultiViewDataset([scene], views=ViewSelectionConfig(interval=5), num_targets=1, samples_per_scene=40, seed=3)
+    explicit = MultiViewDataset([scene], views=ViewSelectionConfig(interval=5, targets="random"), num_targets=1,
+                                samples_per_scene=40, seed=3)
+    outside = 0
+    for i in range(len(default)):
+        ids = default[i]["view_ids"]
+        assert torch.equal(ids, explicit[i]["view_ids"]) and len(set(ids.tolist())) == 3
+        outside += not ids[0] < ids[2] < ids[1]
+    assert outside > 0
+    # interval 1 (nothing between) and overlap mode: a random other frame
+    adjacent = MultiViewDataset([scene], views=ViewSelectionConfig(interval=1, targets="between"), num_targets=1,
+                                samples_per_scene=5, seed=0)
+    for i in range(len(adjacent)):
+        a, b, t = adjacent[i]["view_ids"].tolist()
+        assert b - a == 1 and t not in (a, b)

@@ -222,3 +222,29 @@ def test_the_presets_build_and_train_through_the_experiment(tmp_path):
         rgb = load_experiment("gs3_rgb_tiny", small + ["train.steps=1", f"train.out_dir={tmp_path / 'rgb'}"])
         assert run_pretraining(rgb).steps_done == 1
     assert read_encoder_info(tmp_path / "rgb" / "encoder")["architecture"] == "resnet"
+
+
+@pytest.mark.parametrize("path", ["3d", "2d"])
+def test_render_targets_renders_only_the_targets_without_mask_or_rotation(batch, path):
+    model = (tiny() if path == "3d" else tiny_2d()).eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model.render_targets(batch)
+        torch.manual_seed(2)  # no random draw anywhere: the global generator does not matter either
+        second = model.render_targets(batch)
+    assert first.shape == (2, 1, 3, H, W) and torch.equal(first, second)
+    # the same Gaussians as an unmasked, unrotated forward input, rasterized into view 2 only
+    if path == "3d":
+        prep = model.prepare(batch, gen(5), mask_ratio=0.0, augment=False)
+        assert bool(prep["keep"].all()) and torch.equal(prep["cameras"].c2w, batch["c2w"])
+        assert torch.equal(prep["cloud"].points, model.prepare(batch, gen(6), mask_ratio=0.0, augment=False)["cloud"].points)
+        head_out = model.predict_gaussians(prep)[0]
+    else:
+        prep = model.prepare_pixels(batch, gen(5), mask_ratio=0.0)
+        assert bool(prep["keep"].all())
+        head_out = model.predict_gaussians_2d(batch["rgb"], prep)[0]
+    with torch.no_grad():
+        every = model.render(head_out, prep["cameras"]).color  # (B, 3, 3, H, W): all views
+    torch.testing.assert_close(first[:, 0], every[:, 2], atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="render_targets"):
+        model.render_targets({k: v[:, :2] if torch.is_tensor(v) and v.dim() > 1 else v for k, v in batch.items()})

@@ -302,5 +302,23 @@ def test_select_pair_config(scenes):
         views.select_pair(cfg, 5, g)
     with pytest.raises(InputError, match="mode"):
         views.ViewSelectionConfig(mode="nearest")
+    with pytest.raises(InputError, match="ViewSelectionConfig.targets"):
+        views.ViewSelectionConfig(targets="near")
     with pytest.raises(InputError, match="min_overlap"):
         views.ViewSelectionConfig(min_overlap=1.5)
+
+
+def test_select_targets_between_and_random():
+    g = torch.Generator().manual_seed(0)
+    between = views.ViewSelectionConfig(targets="between")
+    pair = torch.tensor([3, 8])
+    for _ in range(20):
+        t = views.select_targets(between, 20, pair, 2, g)
+        assert len(set(t.tolist())) == 2 and all(3 < x < 8 for x in t.tolist())
+    wide = views.select_targets(between, 20, pair, 5, g)  # more than the 4 frames between: any other frames
+    assert len(set(wide.tolist())) == 5 and not set(wide.tolist()) & {3, 8}
+    overlap = views.ViewSelectionConfig(mode="overlap", targets="between")
+    assert any(not 3 < int(views.select_targets(overlap, 20, pair, 1, g)) < 8 for _ in range(20))
+    assert views.select_targets(between, 20, pair, 0, g).shape == (0,)
+    with pytest.raises(InputError, match="num_targets"):
+        views.select_targets(views.ViewSelectionConfig(), 4, torch.tensor([0, 3]), 3, g)

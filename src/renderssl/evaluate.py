@@ -1,4 +1,5 @@
-"""``renderssl evaluate RUN [data.key=value ...]``: how a pretraining run does on held-out frames.
+"""``renderssl evaluate RUN [data.key=value ...]``: how a pretraining run does on held-out frames
+(reconstruction for the image recipes, novel views for the multi-view recipes).
 
 - Resolution: the model runs at its training resolution, the input size of its encoder (``img_size`` in
   the run's config), whatever the size of the frames: every frame is brought to it when read, by the
@@ -24,6 +25,21 @@
   (at the model's size), "n/a (no instance labels)" when none does; or against BSDS-format ground truth
   for any folder of images (``--images DIR --gt DIR``; there the whole image is scored, so images are
   stretched to the model's input size and the edge maps stretched back, not cropped).
+- Novel views (the multi-view recipes, ``sample_type == "multiview"``: GS³ now; :mod:`renderssl.eval.novel_views`):
+  feed-forward novel view synthesis on held-out scenes. For each of the first ``max_frames`` readable
+  scenes of the split, the run's own context selection (``<recipe>.views``) and ONE target view, a frame
+  strictly between an interval pair (i, i + d) drawn uniformly (pixelSplat's interpolation targets; a
+  random other frame in overlap mode or when d == 1), seeded by ``data.seed`` and the scene's index; the
+  model renders the target from the context views alone (``Method.render_targets``: no masking, no
+  augmentation). Frames at the run's training size, ``data.height`` x ``data.width`` of the run (the
+  multi-view encoders have no fixed input size; overrides do not change it), by ``data.resize``. PSNR
+  and SSIM per target image (means over images) for the model and for the floor, the nearest context
+  view (nearest camera centre; ties: smaller rotation, then the first) copied as the prediction; LPIPS
+  for both when the run's ``<recipe>.lpips_weights`` files exist, else "n/a" with the keys to set. One
+  log line per metric: model vs floor and the difference. ``evaluation.json``: ``novel_views`` {model,
+  nearest_context_view: {psnr, ssim, lpips}, scenes, images}; ``evaluation.png`` rows: context 0,
+  context 1, target, rendering, nearest view (up to four scenes). An unreadable scene (or one with too
+  few frames) is skipped and listed.
 """
 
 from __future__ import annotations
@@ -42,11 +58,14 @@ from .data.formats.images import read_rgb
 from .errors import InputError
 from .eval.boundaries import evaluate_boundaries, read_bsds_ground_truth, segmentation_boundaries
 from .eval.metrics import psnr, ssim
+from .eval.novel_views import (
+    FLOOR, MODEL, evaluate_novel_views, format_comparison, lpips_or_reason, novel_view_dataset, novel_view_scenes,
+)
 from .eval.zeroshot import (
     NO_INSTANCE_LABELS, figure_ground, format_scores, labelled, layer_assignment, not_available, render_layers,
     zero_shot_edges,
 )
-from .experiment import ExperimentConfig, load_experiment, load_run
+from .experiment import RECIPES, ExperimentConfig, load_experiment, load_run
 from .methods.base import Method, StepContext
 from .viz import colorize_labels, save_grid
 
@@ -56,7 +75,10 @@ EXAMPLES = 4  # frames shown in evaluation.png
 
 
 def model_size(cfg: ExperimentConfig) -> tuple[int, int]:
-    """(H, W) the run's model takes: its encoder's input size."""
+    """(H, W) the run's model takes: its encoder's input size; for a multi-view recipe (whose encoders take
+    any size) the size of its training views, ``data.height`` x ``data.width``."""
+    if RECIPES[cfg.method].sample_type == "multiview":
+        return int(cfg.data.height), int(cfg.data.width)
     size = cfg.method_config.encoder.img_size
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -169,11 +191,14 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
                  images_dir=None, gt_dir=None, log=print, overrides=(), batch: int = 16) -> dict:
     run_dir = Path(run_dir)
     cfg, method = load_run(run_dir)
-    if cfg.method not in RECONSTRUCTION_KEY:
+    multiview = method.sample_type == "multiview"
+    if cfg.method not in RECONSTRUCTION_KEY and not multiview:
         raise InputError(f"evaluate: {run_dir} is a {cfg.method} run; evaluate covers {sorted(RECONSTRUCTION_KEY)} "
-                         "(score other encoders downstream with renderssl compare / finetune)")
+                         "and the multi-view recipes (score other encoders downstream with renderssl compare / finetune)")
     if max_frames < 1:
         raise InputError(f"evaluate: --max-frames must be >= 1, got {max_frames}")
+    if multiview:
+        return evaluate_novel_view_run(run_dir, cfg, method, split, max_frames, log, overrides, batch)
     changed = data_overrides(run_dir, overrides)
     if changed is not None:
         cfg = dataclasses.replace(cfg, data=changed.data)
@@ -229,4 +254,48 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
     picture = save_grid(list(examples.values()), run_dir / "evaluation.png", scale=2)
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
     log(f"wrote {run_dir / 'evaluation.json'} and {picture} (rows: {', '.join(examples)})")
+    return result
+
+
+def evaluate_novel_view_run(run_dir: Path, cfg: ExperimentConfig, method: Method, split: str, max_scenes: int, log,
+                            overrides, batch: int) -> dict:
+    """Novel view synthesis of a multi-view run (module docstring): the first ``max_scenes`` readable
+    scenes of ``split``, one target each, at the run's training size; evaluation.json and evaluation.png."""
+    H, W = model_size(cfg)  # the run's own size, before data overrides
+    changed = data_overrides(run_dir, overrides)
+    if changed is not None:
+        cfg = dataclasses.replace(cfg, data=changed.data)
+    scenes = novel_view_scenes(cfg.data, split)
+    if not scenes:
+        raise empty_split(cfg, split, f" ({SPLIT_KEYS[split]}={getattr(cfg.data, SPLIT_KEYS[split][5:])})")
+    dataset = novel_view_dataset(scenes, cfg.data, cfg.recipe.views, (H, W))
+    key = f"{cfg.method}.lpips_weights"
+    lpips, no_lpips = lpips_or_reason(getattr(cfg.recipe, "lpips_weights", None), key, (H, W))
+    log(f"evaluate: {cfg.method} novel views at its training resolution {W}x{H}: {split} scenes of {cfg.data.source}, "
+        f"{method.num_context} context views ({cfg.recipe.views.mode}) and one target between them, brought to it by "
+        f"data.resize={cfg.data.resize}")
+
+    skipped: list[str] = []
+    scores, rows = evaluate_novel_views(method, frame_batches(dataset, max_scenes, batch, skipped), lpips, EXAMPLES)
+    if skipped:
+        log(f"evaluate: skipped {len(skipped)} unreadable scene(s): " + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    if scores["scenes"] == 0:
+        raise InputError(f"evaluate: no readable scene among the {split} scenes of {cfg.data.source}: " + "; ".join(skipped[:3]))
+
+    log(f"{cfg.method} novel views on {scores['scenes']} {split} scenes ({scores['images']} target images) at {W}x{H}:")
+    for metric in ("psnr", "ssim", "lpips"):
+        if metric in scores[MODEL]:
+            log("  " + format_comparison(metric, scores[MODEL][metric], scores[FLOOR][metric]))
+        else:
+            log(f"  LPIPS: n/a ({no_lpips})")
+    if no_lpips is not None:
+        for name in (MODEL, FLOOR):
+            scores[name]["lpips"] = f"n/a ({no_lpips})"
+    result = {"method": cfg.method, "split": split, "source": str(cfg.data.source), "resolution": [H, W],
+              "resize": cfg.data.resize,
+              "novel_views": {MODEL: scores[MODEL], FLOOR: scores[FLOOR], "scenes": scores["scenes"], "images": scores["images"]},
+              "skipped": skipped}
+    picture = save_grid(list(rows.values()), run_dir / "evaluation.png", scale=2)
+    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
+    log(f"wrote {run_dir / 'evaluation.json'} and {picture} (rows: {', '.join(rows)})")
     return result

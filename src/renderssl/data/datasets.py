@@ -273,8 +273,8 @@ class MultiViewDataset(Dataset):
     sample type of GS³, PonderV2 and NPS.
 
     Views come from ``views`` (a :class:`~renderssl.data.views.ViewSelectionConfig`: GS³'s context pair by
-    frame interval or measured overlap, then ``num_targets`` extra target views drawn at random from the
-    scene's other frames; ``num_views`` is then 2 + ``num_targets``), or, without it, from
+    frame interval or measured overlap, then ``num_targets`` extra target views drawn from the scene's other
+    frames, at random or between the pair by ``views.targets``; ``num_views`` is then 2 + ``num_targets``), or, without it, from
     :func:`select_overlapping_views` (a pose score). The generator is seeded by (seed, epoch, index), so a
     sample is a pure function of its index; :meth:`set_epoch` draws new views each epoch. ``size=(H, W)``
     brings every view to that size by ``resize`` (module docstring), K following. Each sample carries the
@@ -334,7 +334,7 @@ class MultiViewDataset(Dataset):
         """(V,) frame indices: the context views first, then the targets."""
         if self.views is None:
             return select_overlapping_views(vs.c2w, self.num_views, generator, self.pool)
-        from .views import random_views, select_pair
+        from .views import select_pair, select_targets
 
         depth = None
         if self.views.mode == "overlap":  # the measured overlap needs every frame's depth
@@ -342,8 +342,7 @@ class MultiViewDataset(Dataset):
         pair = select_pair(self.views, len(vs), generator, K=vs.K, c2w=vs.c2w, depth=depth)  # (2,)
         if not self.num_targets:
             return pair
-        others = torch.tensor([i for i in range(len(vs)) if i not in set(pair.tolist())], dtype=torch.int64)
-        return torch.cat([pair, others[random_views(len(others), self.num_targets, generator)]])
+        return torch.cat([pair, select_targets(self.views, len(vs), pair, self.num_targets, generator)])  # (2 + T,)
 
 
 def near_far(depth: Tensor, default: tuple[float, float], margin: float = 0.1) -> tuple[Tensor, Tensor]:

@@ -36,6 +36,10 @@ Selectors
   other views is clamped to V - 1 (as IBRNet's ``min(num_select, num_cams)``); ``num_select`` above the
   candidates raises.
 
+- :func:`select_targets` (extra target views beside the pair, ``ViewSelectionConfig.targets``): "random"
+  (any other frames; pretraining's default) or "between" (frames strictly between an interval pair, as
+  pixelSplat evaluates interpolated targets; ``renderssl evaluate``'s novel views).
+
 All indices are int64 tensors on the CPU. Overlaps are computed batched: every (a, b) of a scene at once,
 in chunks of reference views bounded by ``max_elements`` tested (pixel, view) pairs (default 2^20; the
 intermediates take about 200 bytes per element in float64, so about 200 MB at most).
@@ -57,12 +61,17 @@ DEFAULT_STRIDE = 4  # our choice: test every 4th pixel in rows and columns
 DEFAULT_REL_TOL = 0.05  # our choice: as renderssl.data.inspect.REPROJECTION_LIMIT
 DEFAULT_MIN_OVERLAP = 0.5  # our choice
 DEFAULT_MAX_OVERLAP = 1.0  # our choice: no upper bound
+TARGET_MODES = ("random", "between")  # ViewSelectionConfig.targets
 
 
 @dataclass
 class ViewSelectionConfig:
     """How a two-view recipe picks its pair: ``mode`` "interval" (ordered sequences, GS³'s default) or
-    "overlap" (unordered views, by measured overlap). Fields as in the module docstring."""
+    "overlap" (unordered views, by measured overlap). Fields as in the module docstring. ``targets``: how
+    the extra target views are drawn: "random" (default; any other frames) or "between" (frames strictly
+    between an interval pair (i, i + d), uniformly, as pixelSplat's interpolation targets; random other
+    frames in overlap mode or when fewer than the wanted number lie between; ``renderssl evaluate``'s
+    novel views)."""
 
     mode: str = "interval"
     interval: int = DEFAULT_INTERVAL
@@ -71,10 +80,13 @@ class ViewSelectionConfig:
     min_overlap: float = DEFAULT_MIN_OVERLAP
     max_overlap: float = DEFAULT_MAX_OVERLAP
     strict: bool = False
+    targets: str = "random"
 
     def __post_init__(self):
         if self.mode not in ("interval", "overlap"):
             raise InputError(f"ViewSelectionConfig.mode: expected 'interval' or 'overlap', got {self.mode!r}")
+        if self.targets not in TARGET_MODES:
+            raise InputError(f"ViewSelectionConfig.targets: expected one of {list(TARGET_MODES)}, got {self.targets!r}")
         _check_positive_int("ViewSelectionConfig.interval", self.interval)
         _check_positive_int("ViewSelectionConfig.stride", self.stride)
         _check_thresholds(self.rel_tol, self.min_overlap, self.max_overlap, prefix="ViewSelectionConfig.")
@@ -311,6 +323,25 @@ def overlapping_pair(K: Tensor, c2w: Tensor, depth: Tensor, generator: torch.Gen
     return torch.cat([a[i], b[i]])  # (2,)
 
 
+def select_targets(config: ViewSelectionConfig, num_frames: int, pair: Tensor, num_targets: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """(num_targets,) int64 target frames other than ``pair`` (2,) by ``config.targets``: "random" = distinct
+    random other frames; "between" = distinct frames strictly between the pair of an interval selection,
+    uniformly (random other frames in overlap mode or when fewer than ``num_targets`` lie between)."""
+    num_targets = _check_positive_int("num_targets", num_targets, minimum=0)
+    _check_generator(generator)
+    lo, hi = sorted(int(i) for i in pair)
+    if config.targets == "between" and config.mode == "interval" and hi - lo - 1 >= num_targets:
+        candidates = torch.arange(lo + 1, hi, dtype=torch.int64)  # (d - 1,)
+    else:
+        candidates = torch.tensor([i for i in range(num_frames) if i not in (lo, hi)], dtype=torch.int64)  # (F - 2,)
+    if num_targets > len(candidates):
+        raise InputError(f"num_targets: {num_targets} target view(s) wanted but only {len(candidates)} other frame(s)")
+    if num_targets == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return candidates[random_views(len(candidates), num_targets, generator)]  # (num_targets,)
+
+
 def select_pair(config: ViewSelectionConfig, num_frames: int, generator: torch.Generator | None = None, *,
                 K: Tensor | None = None, c2w: Tensor | None = None, depth: Tensor | None = None) -> Tensor:
     """(2,) int64 by ``config.mode``: :func:`frame_interval_pair` or :func:`overlapping_pair` (which needs
@@ -326,5 +357,5 @@ def select_pair(config: ViewSelectionConfig, num_frames: int, generator: torch.G
 __all__ = [
     "DEFAULT_INTERVAL", "DEFAULT_MAX_OVERLAP", "DEFAULT_MIN_OVERLAP", "DEFAULT_REL_TOL", "DEFAULT_STRIDE",
     "ViewSelectionConfig", "frame_interval_pair", "nearest_views", "overlap", "overlap_matrix", "overlapping_pair",
-    "overlapping_pairs", "pair_scores", "random_views", "select_pair",
+    "overlapping_pairs", "pair_scores", "random_views", "select_pair", "select_targets",
 ]

@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..typed_config import to_dict
 
 SAMPLE_TYPES = ("image", "rgbd", "multiview", "points")
@@ -95,6 +96,7 @@ class Method(nn.Module):
     sample_type: ClassVar[str] = "image"
     encoder_architecture: ClassVar[str] = "vit"
     stage_fields: ClassVar[tuple[str, ...]] = ()
+    num_context: ClassVar[int] = 0  # multi-view recipes: the context views render_targets reads (batch views 0..)
     encoder: nn.Module
     config: object  # the recipe's config dataclass; its ``encoder`` field configures ``encoder``
 
@@ -120,6 +122,13 @@ class Method(nn.Module):
         """Metrics of a held-out batch (default: the loss and its named terms)."""
         output = self(batch, ctx)
         return {"loss": float(output.loss), **{k: float(v) for k, v in output.terms.items()}}
+
+    def render_targets(self, batch: dict) -> Tensor:
+        """Feed-forward novel views (``renderssl evaluate``): from the batch's context views (its first
+        ``num_context`` views) render every other view of the batch -> (B, T, 3, H, W), T = V - num_context.
+        No masking, no augmentation, deterministic; callers wrap it in ``torch.no_grad``."""
+        name = type(self).__name__.lower()
+        raise InputError(f"{name} does not render novel views (render_targets); evaluate scores its encoder downstream")
 
     def preview_panels(self, batch: dict, output: MethodOutput) -> list[tuple[str, Tensor]]:
         """Named (3, H, W) pictures of the first sample for the training preview PNG."""

@@ -68,6 +68,9 @@ Our choices where the paper is silent:
   every step (pixelSplat switches LPIPS on after 150k steps; GS³ states no schedule).
 - A scene whose context views have no valid depth pixel is an error naming it.
 - ``param_groups``: none (the paper uses one AdamW group).
+- Novel views (``render_targets``, ``renderssl evaluate``; the paper reports no NVS protocol): Gaussians
+  from the two context views with nothing masked (mask ratio 0: every point or pixel visible) and no
+  rotation (cameras as given), rasterized into the target cameras only; deterministic, no generator.
 """
 
 from __future__ import annotations
@@ -244,6 +247,7 @@ def rotate_scenes(points: Tensor, batch: Tensor, c2w: Tensor, rotations: Tensor,
 class GS3(Method):
     config_class = GS3Config
     sample_type = "multiview"
+    num_context = NUM_CONTEXT
 
     def __init__(self, config: GS3Config):
         super().__init__()
@@ -299,8 +303,11 @@ class GS3(Method):
         far = torch.as_tensor(batch["far"], dtype=rgb.dtype, device=rgb.device).reshape(-1).expand(B)  # (B,)
         return rgb, depth, K, c2w, near, far
 
-    def prepare(self, batch: dict, generator: torch.Generator) -> dict:
-        """Back-project the context pair, rotate points and all cameras together, draw the point mask."""
+    def prepare(self, batch: dict, generator: torch.Generator | None, mask_ratio: float | None = None,
+                augment: bool = True) -> dict:
+        """Back-project the context pair, rotate points and all cameras together, draw the point mask.
+        ``mask_ratio`` (default the config's) 0 and ``augment=False`` (no rotation) draw nothing from
+        ``generator``: the novel-view evaluation's input (:meth:`render_targets`)."""
         rgb, depth, K, c2w, near, far = self.check_batch(batch)
         B, V, _, H, W = rgb.shape
         cloud = backproject_context(rgb[:, :NUM_CONTEXT], depth[:, :NUM_CONTEXT], K[:, :NUM_CONTEXT], c2w[:, :NUM_CONTEXT])
@@ -309,25 +316,38 @@ class GS3(Method):
             names = batch.get("scene")
             which = names[int(empty[0])] if isinstance(names, (list, tuple)) else int(empty[0])
             raise InputError(f"gs3: scene {which!r} of the batch has no valid depth pixel in its context views")
-        rotations = random_rotations(B, self.config.rotate_xy, self.config.rotate_z, generator)  # (B, 3, 3)
         pivots = scene_pivots(cloud.points, cloud.batch, B)  # (B, 3)
-        points, c2w_aug = rotate_scenes(cloud.points, cloud.batch, c2w, rotations, pivots)  # (N, 3), (B, V, 4, 4)
-        masked = random_mask_per_cloud(cloud.counts, self.config.mask_ratio, generator).to(rgb.device)  # (N,)
+        if augment:
+            rotations = random_rotations(B, self.config.rotate_xy, self.config.rotate_z, generator)  # (B, 3, 3)
+            points, c2w_aug = rotate_scenes(cloud.points, cloud.batch, c2w, rotations, pivots)  # (N, 3), (B, V, 4, 4)
+        else:
+            rotations = torch.eye(3, dtype=torch.float64).expand(B, 3, 3)  # (B, 3, 3) identity
+            points, c2w_aug = cloud.points, c2w
+        masked = self.point_mask(cloud.counts, mask_ratio, generator).to(rgb.device)  # (N,)
         shown = torch.zeros(B * NUM_CONTEXT * H * W, dtype=rgb.dtype, device=rgb.device)
         shown[cloud.flat[~masked]] = 1.0  # 1 at the pixels of visible points
         return {"cloud": dataclasses.replace(cloud, points=points), "cameras": Cameras(K, c2w_aug, W, H),
                 "keep": ~masked, "near": near, "far": far, "rotations": rotations, "pivots": pivots,
                 "shown": shown.reshape(B, NUM_CONTEXT, 1, H, W)}
 
-    def prepare_pixels(self, batch: dict, generator: torch.Generator) -> dict:
+    def prepare_pixels(self, batch: dict, generator: torch.Generator | None, mask_ratio: float | None = None) -> dict:
         """2D path: the context pixels, packed scene by scene in (view, row, column) order, and the pixel mask
-        (exactly round(mask_ratio 2HW) of each scene's pixels masked); cameras as given (no augmentation)."""
+        (exactly round(mask_ratio 2HW) of each scene's pixels masked; ``mask_ratio`` default the config's,
+        0 draws nothing); cameras as given (no augmentation)."""
         rgb, depth, K, c2w, near, far = self.check_batch(batch)
         B, V, _, H, W = rgb.shape
         counts = torch.full((B,), NUM_CONTEXT * H * W, dtype=torch.int64)
-        masked = random_mask_per_cloud(counts, self.config.mask_ratio, generator).to(rgb.device)  # (B 2 H W,)
+        masked = self.point_mask(counts, mask_ratio, generator).to(rgb.device)  # (B 2 H W,)
         return {"cameras": Cameras(K, c2w, W, H), "keep": ~masked, "near": near, "far": far,
                 "shown": (~masked).to(rgb.dtype).reshape(B, NUM_CONTEXT, 1, H, W)}
+
+    def point_mask(self, counts: Tensor, mask_ratio: float | None, generator: torch.Generator | None) -> Tensor:
+        """(sum counts,) bool, True = masked: round(mask_ratio n) of each scene's n points / pixels
+        (``mask_ratio`` None = the config's); ratio 0 masks nothing and draws nothing."""
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if ratio == 0:
+            return torch.zeros(int(counts.sum()), dtype=torch.bool)
+        return random_mask_per_cloud(counts, ratio, generator)
 
     # ---- the model -----------------------------------------------------------------------------------
     def predict_gaussians(self, prep: dict):
@@ -408,6 +428,23 @@ class GS3(Method):
         extras = {"gaussians": g, "rendered": rendered, "source_index": point_index,  # packed point / pixel of each Gaussian
                   "keep": prep["keep"], "cameras": prep["cameras"]}
         return MethodOutput(loss, terms, renders, extras, rendered_pixels=rendered[:, :, 0].numel())  # B V H W
+
+    def render_targets(self, batch: dict) -> Tensor:
+        """Novel views (:meth:`Method.render_targets`): Gaussians from the two context views (views 0, 1) with
+        nothing masked and no rotation, rasterized into the target cameras only (views 2..) -> (B, T, 3, H, W)."""
+        rgb = self.check_batch(batch)[0]  # (B, V, 3, H, W)
+        B, V, _, H, W = rgb.shape
+        if V <= NUM_CONTEXT:
+            raise InputError(f"gs3: render_targets needs target views after the {NUM_CONTEXT} context views, got V={V}")
+        if self.point_path:
+            prep = self.prepare(batch, None, mask_ratio=0.0, augment=False)
+            head_out, _ = self.predict_gaussians(prep)
+        else:
+            prep = self.prepare_pixels(batch, None, mask_ratio=0.0)
+            head_out, _ = self.predict_gaussians_2d(rgb, prep)
+        cams = prep["cameras"]
+        targets = Cameras(cams.K[:, NUM_CONTEXT:], cams.c2w[:, NUM_CONTEXT:], W, H)
+        return self.render(head_out, targets).color  # (B, T, 3, H, W)
 
     def preview_renders(self, batch: dict, prep: dict, out) -> dict[str, Tensor]:
         """(B, 3, H, W) pictures: the context views, their visible pixels, the renderings, depth."""
