@@ -13,6 +13,7 @@
     renderssl data synth --out DIR ...              procedural scenes on disk
     renderssl data inspect PATH [--json FILE]       what a data folder holds; camera / depth sanity; bad files
     renderssl bench render | step CONFIG | encoders  benchmarks
+    renderssl bench memory PRESET [PRESET ...]      peak memory per batch and per rendered pixel of a step
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def _bench_step(args) -> None:
     cfg = _load_experiment(args.config, args.overrides)
     snapshot = _bench_start(args, f"step {args.config}")
     print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
+    _bench_end(snapshot)
+
+
+def _bench_memory(args) -> None:
+    from .bench.step_memory import bench_memory, format_table
+
+    presets = [a for a in args.items if "=" not in a]
+    if not presets:
+        raise InputError("bench memory: give at least one preset or config, e.g. gs3_rgbd_tiny gs3_rgb_tiny")
+    if args.repeats < 1:
+        raise InputError(f"bench memory: --repeats must be >= 1, got {args.repeats}")
+    snapshot = _bench_start(args, f"memory {' '.join(presets)}")
+    rows = bench_memory(presets, [a for a in args.items if "=" in a], device=args.device, repeats=args.repeats)
+    print(format_table(rows))
     _bench_end(snapshot)
 
 
@@ -351,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     dat.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     dat.set_defaults(handler=_bench_data)
+    mem = bench.add_parser("memory", help="peak memory per batch and per rendered pixel of a pretraining step, "
+                                          "presets side by side in one process")
+    mem.add_argument("items", nargs="+", metavar="PRESET | key=value",
+                     help="presets or YAML paths; key=value overrides apply to every one of them")
+    mem.add_argument("--device", default="cpu")
+    mem.add_argument("--repeats", type=int, default=2, help="measured steps per preset (after one unmeasured step)")
+    mem.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    mem.set_defaults(handler=_bench_memory)
     enc = bench.add_parser("encoders", help="3D encoders: forward+backward time and peak memory vs point count")
     enc.add_argument("--counts", default="", help="comma-separated point counts (default 10k,20k,50k,100k,200k)")
     enc.add_argument("--sparse-unet", default="base", help="SparseUNet preset (base, small)")
