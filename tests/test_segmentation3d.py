@@ -86,7 +86,7 @@ def test_metrics_equal_a_brute_force_confusion_matrix(splits, arch):
         for scene in test:  # one cloud at a time, independent of the evaluator's batching
             cloud = fuse_frames(scene, stride=2)
             num_points += len(cloud)
-            feats = torch.cat([cloud.colors, cloud.normals], dim=1).float()
+            feats = torch.cat([2 * cloud.colors - 1, cloud.normals], dim=1).float()  # colours in [-1, 1]
             batch = {"points": cloud.points.float(), "features": feats, "offset": torch.tensor([len(cloud)])}
             pred = model(batch).argmax(1)
             for t, p in zip(cloud.semantic.tolist(), pred.tolist()):

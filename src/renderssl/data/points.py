@@ -333,6 +333,12 @@ class PointAugmentConfig:
             bad("dropout_ratio", "must lie in [0, 1)")
 
 
+def normalize_color(colors: Tensor) -> Tensor:
+    """RGB in [0, 1] -> [-1, 1], the colour features every 3D encoder reads (Pointcept's NormalizeColor,
+    ``color / 127.5 - 1`` on 8-bit colours): pretraining recipes and the 3D downstream task alike."""
+    return 2.0 * colors - 1.0
+
+
 def cloud_pivot(points: Tensor) -> Tensor:
     """(3,) centre of the x-y bounding box at the lowest z (Pointcept's CenterShift point)."""
     if len(points) == 0:

@@ -15,7 +15,8 @@ Scenes -> clouds
   the 2D tasks (:func:`~renderssl.eval.splits.check_disjoint_scenes`).
 Input features
   ``color`` (3) or ``color_normal`` (6, PonderV2's and Pointcept's ScanNet input); the encoder's
-  ``in_channels`` must match. Coordinates reach the encoder as positions only (voxel coordinates for
+  ``in_channels`` must match. Colours enter in [-1, 1] (:func:`~renderssl.data.points.normalize_color`,
+  Pointcept's NormalizeColor), as the 3D pretraining recipes feed them. Coordinates reach the encoder as positions only (voxel coordinates for
   the SparseUNet, xyz for PointNet++), never as features.
 Training
   Each step takes ``batch_size`` training clouds (successive random permutations, as the 2D tasks),
@@ -67,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.datasets import PointCloudDataset, collate_points
-from ..data.points import augment_points, fuse_frames, grid_sample, select_points
+from ..data.points import augment_points, fuse_frames, grid_sample, normalize_color, select_points
 from ..data.scenes import SceneRef, open_scene
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
@@ -92,12 +93,12 @@ def labelled_cloud(scene, cfg: PointTaskConfig) -> tuple[PointCloud, list[str]]:
 
 
 def point_features(sample: dict, features: str, where: str) -> Tensor:
-    """(N, 3) colours or (N, 6) colours + normals of a sample dict."""
+    """(N, 3) colours or (N, 6) colours + normals of a sample dict; colours mapped to [-1, 1]."""
     needed = POINT_FEATURES[features]
     missing = [k for k in needed if k not in sample]
     if missing:
         raise InputError(f"{where}: features {features!r} need {missing}, which this cloud lacks")
-    return torch.cat([sample[k] for k in needed], dim=1)
+    return torch.cat([normalize_color(sample[k]) if k == "colors" else sample[k] for k in needed], dim=1)
 
 
 def training_sample(sample: dict, cfg: PointTaskConfig, generator: torch.Generator) -> dict:

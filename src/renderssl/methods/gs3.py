@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.points import random_mask_per_cloud
+from ..data.points import normalize_color, random_mask_per_cloud
 from ..data.views import ViewSelectionConfig
 from ..errors import InputError
 from ..geometry import Cameras, axis_angle_to_rotmat
@@ -356,7 +356,7 @@ class GS3(Method):
         vis = keep.nonzero().squeeze(-1)  # (n,) packed indices of the visible points
         counts = torch.bincount(cloud.batch[vis], minlength=len(cloud.counts))  # (B,)
         offset = counts.cumsum(0)  # (B,)
-        features = self.encoder(cloud.points[vis], 2.0 * cloud.colors[vis] - 1.0, offset)  # (n, C)
+        features = self.encoder(cloud.points[vis], normalize_color(cloud.colors[vis]), offset)  # (n, C)
         if self.config.head.center == "depth_bins":
             context = Cameras(cams.K[:, :NUM_CONTEXT], cams.c2w[:, :NUM_CONTEXT], cams.width, cams.height)
             rays = PixelRays.from_pixels(context, cloud.uv[vis], cloud.view[vis], cloud.batch[vis], prep["near"], prep["far"])
