@@ -231,3 +231,32 @@ def test_between_targets_lie_strictly_between_the_interval_pair_and_random_stays
     for i in range(len(adjacent)):
         a, b, t = adjacent[i]["view_ids"].tolist()
         assert b - a == 1 and t not in (a, b)
+
+
+# ---- multi-view samples with the scene's fused cloud (PonderV2) ----------------------------------
+def test_scene_cloud_equals_fusing_the_loaded_scene_and_collates_with_offsets():
+    from renderssl.data.build import load_split
+    from renderssl.data.datasets import SceneCloudConfig
+    from renderssl.data.points import fuse_frames
+    from renderssl.data.scenes import open_scene
+    from renderssl.data.views import ViewSelectionConfig
+    from renderssl.train.config import DataConfig
+
+    scenes = load_split(DataConfig(source="synthetic", kind="room", width=32, height=24, views=6, train_scenes=2,
+                                   val_scenes=0, test_scenes=0), "train")
+    views = ViewSelectionConfig(mode="random", count=3)
+    ds = MultiViewDataset(scenes, views=views, num_targets=1, scene_cloud=SceneCloudConfig(pixel_stride=3, frame_step=2))
+    samples = [ds[0], ds[1]]
+    assert samples[0]["rgb"].shape[0] == 4 and len(set(samples[0]["view_ids"].tolist())) == 4
+    for i, sample in enumerate(samples):
+        vs = open_scene(scenes[i])
+        vs = vs if isinstance(vs, ViewSet) else vs.load()
+        expected = fuse_frames(vs, frames=list(range(0, len(vs), 2)), stride=3)  # independent: the whole scene in memory
+        torch.testing.assert_close(sample["cloud"]["points"], expected.points)
+        torch.testing.assert_close(sample["cloud"]["colors"], expected.colors)
+        assert torch.equal(sample["cloud"]["semantic"], expected.semantic)
+    assert ds[0]["cloud"] is samples[0]["cloud"]  # fused once per scene
+    batch = collate_stacked(samples)
+    counts = [len(s["cloud"]["points"]) for s in samples]
+    assert batch["cloud"]["offset"].tolist() == [counts[0], counts[0] + counts[1]]
+    assert batch["cloud"]["points"].shape == (sum(counts), 3) and batch["rgb"].shape[:2] == (2, 4)

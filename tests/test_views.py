@@ -290,22 +290,37 @@ def test_nearest_views_against_sorted_distances():
 
 
 # ---- config dispatch --------------------------------------------------------------------------------
-def test_select_pair_config(scenes):
+def test_select_context_config(scenes):
     K, c2w, depth = scenes[0]
     g = torch.Generator().manual_seed(0)
-    a, b = views.select_pair(views.ViewSelectionConfig(), 20, g).tolist()
+    a, b = views.select_context(views.ViewSelectionConfig(), 20, g).tolist()
     assert b - a == views.DEFAULT_INTERVAL
     cfg = views.ViewSelectionConfig(mode="overlap", stride=1, min_overlap=0.3)
-    pair = tuple(views.select_pair(cfg, K.shape[0], g, K=K, c2w=c2w, depth=depth).tolist())
+    pair = tuple(views.select_context(cfg, K.shape[0], g, K=K, c2w=c2w, depth=depth).tolist())
     assert pair in {tuple(p) for p in views.overlapping_pairs(K, c2w, depth, min_overlap=0.3, stride=1)[0].tolist()}
     with pytest.raises(InputError, match="depth"):
-        views.select_pair(cfg, 5, g)
+        views.select_context(cfg, 5, g)
     with pytest.raises(InputError, match="mode"):
         views.ViewSelectionConfig(mode="nearest")
     with pytest.raises(InputError, match="ViewSelectionConfig.targets"):
         views.ViewSelectionConfig(targets="near")
     with pytest.raises(InputError, match="min_overlap"):
         views.ViewSelectionConfig(min_overlap=1.5)
+
+
+def test_random_context_draws_count_distinct_frames_and_targets_avoid_them():
+    cfg = views.ViewSelectionConfig(mode="random", count=5)
+    assert cfg.num_context == 5 and views.ViewSelectionConfig().num_context == 2
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        context = views.select_context(cfg, 12, g)
+        targets = views.select_targets(cfg, 12, context, 3, g)
+        ids = context.tolist() + targets.tolist()
+        assert len(context) == 5 and len(set(ids)) == 8 and all(0 <= i < 12 for i in ids)
+    with pytest.raises(InputError, match="count"):
+        views.select_context(cfg, 4, g)
+    with pytest.raises(InputError, match="count"):
+        views.ViewSelectionConfig(mode="random", count=0)
 
 
 def test_select_targets_between_and_random():

@@ -45,6 +45,8 @@ sizes and the mode).
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,6 +57,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from .formats.image_folder import ImageFiles, ImageFolder, read_image_folder
 from .formats.images import RESIZE_MODES, crop_window, fit_image, fit_intrinsics, fit_nearest
+from .points import viewset_to_pointcloud
 from .scenes import SceneList
 from .types import PointCloud, ViewSet
 
@@ -268,25 +271,46 @@ def select_overlapping_views(c2w: Tensor, num_views: int, generator: torch.Gener
     return torch.cat([torch.tensor([ref]), picks])
 
 
+@dataclass
+class SceneCloudConfig:
+    """The scene's fused point cloud in every multi-view sample (PonderV2's input beside its frames):
+    every ``pixel_stride``-th pixel (rows and columns) of every ``frame_step``-th frame with valid depth,
+    back-projected to world points with colour (and normals / semantic where the scene has them), frames
+    at their stored resolution; ``max_points`` keeps a random subset (seeded per scene; 0 = all). Fused
+    once per scene and kept for the ``cache`` most recently used scenes."""
+
+    pixel_stride: int = 4
+    frame_step: int = 1
+    max_points: int = 0
+    cache: int = 8
+
+    def __post_init__(self):
+        if self.pixel_stride < 1 or self.frame_step < 1 or self.max_points < 0 or self.cache < 0:
+            raise InputError("SceneCloudConfig: pixel_stride and frame_step must be >= 1, max_points and cache >= 0")
+
+
 class MultiViewDataset(Dataset):
     """``num_views`` views of one scene per sample (``samples_per_scene`` samples per scene): the multi-view
     sample type of GS³, PonderV2 and NPS.
 
     Views come from ``views`` (a :class:`~renderssl.data.views.ViewSelectionConfig`: GS³'s context pair by
     frame interval or measured overlap, then ``num_targets`` extra target views drawn from the scene's other
-    frames, at random or between the pair by ``views.targets``; ``num_views`` is then 2 + ``num_targets``), or, without it, from
+    frames, at random or between the pair by ``views.targets``; PonderV2's ``count`` random frames with
+    ``views.mode="random"``; ``num_views`` is then ``views.num_context`` + ``num_targets``), or, without it, from
     :func:`select_overlapping_views` (a pose score). The generator is seeded by (seed, epoch, index), so a
     sample is a pure function of its index; :meth:`set_epoch` draws new views each epoch. ``size=(H, W)``
     brings every view to that size by ``resize`` (module docstring), K following. Each sample carries the
-    scene's ``near`` and ``far`` (:func:`near_far`).
+    scene's ``near`` and ``far`` (:func:`near_far`) and, with ``scene_cloud`` (:class:`SceneCloudConfig`),
+    the scene's fused cloud as ``sample["cloud"]`` (``points``, ``colors`` and ``normals`` / ``semantic``
+    where the scene has them, (N, ...)), packed with offsets by :func:`collate_stacked`.
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
                  pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0,
                  size: tuple[int, int] | None = None, resize: str = "crop", views=None, num_targets: int = 0,
-                 default_near_far: tuple[float, float] = (0.1, 100.0)):
+                 default_near_far: tuple[float, float] = (0.1, 100.0), scene_cloud: SceneCloudConfig | None = None):
         if views is not None:
-            num_views = 2 + num_targets
+            num_views = views.num_context + num_targets
         if num_views < 1 or samples_per_scene < 1 or num_targets < 0:
             raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1 and num_targets >= 0, got "
                              f"{num_views}, {samples_per_scene}, {num_targets}")
@@ -295,12 +319,36 @@ class MultiViewDataset(Dataset):
         self.num_views, self.samples_per_scene, self.seed, self.pool = num_views, samples_per_scene, seed, pool
         self.require_depth, self.epoch = require_depth, 0
         self.size, self.resize = (tuple(size) if size is not None else None), check_resize_mode(resize)
+        self.scene_cloud, self._clouds = scene_cloud, OrderedDict()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.scenes) * self.samples_per_scene
+
+    def fused_cloud(self, scene: int, vs) -> dict:
+        """The scene's fused cloud (:class:`SceneCloudConfig`) as a dict of (N, ...) tensors, cached."""
+        if scene in self._clouds:
+            self._clouds.move_to_end(scene)
+            return self._clouds[scene]
+        cfg = self.scene_cloud
+        ids = list(range(0, len(vs), cfg.frame_step))
+        frames = [self.scenes.frame(scene, i) for i in ids]
+        keys = [k for k in ("normals", "semantic", "instance") if all(k in f for f in frames)]
+        views = ViewSet(rgb=torch.stack([f["rgb"] for f in frames]), K=vs.K[ids].float(), c2w=vs.c2w[ids].float(),
+                        depth=torch.stack([frame_depth(f, vs, True, "MultiViewDataset scene_cloud") for f in frames]),
+                        name=vs.name, **{k: torch.stack([f[k] for f in frames]) for k in keys})
+        generator = torch.Generator().manual_seed(self.seed + scene)
+        cloud = viewset_to_pointcloud(views, cfg.pixel_stride, cfg.max_points or None, generator)
+        if len(cloud) == 0:
+            raise InputError(f"MultiViewDataset: scene {vs.name!r} has no valid depth pixel to fuse into a cloud")
+        fields = {"points": cloud.points, "colors": cloud.colors, **{k: getattr(cloud, k) for k in keys}}
+        if cfg.cache:
+            self._clouds[scene] = fields
+            while len(self._clouds) > cfg.cache:
+                self._clouds.popitem(last=False)
+        return fields
 
     def __getitem__(self, idx: int) -> dict:
         if not 0 <= idx < len(self):
@@ -328,21 +376,23 @@ class MultiViewDataset(Dataset):
         for key in ("semantic", "instance"):
             if all(key in f for f in frames):
                 sample[key] = torch.stack([f[key] for f in frames])  # (V, H, W)
+        if self.scene_cloud is not None:
+            sample["cloud"] = self.fused_cloud(scene, vs)  # (N, 3) points, colors, ...
         return sample
 
     def select_views(self, scene: int, vs, generator: torch.Generator) -> Tensor:
         """(V,) frame indices: the context views first, then the targets."""
         if self.views is None:
             return select_overlapping_views(vs.c2w, self.num_views, generator, self.pool)
-        from .views import select_pair, select_targets
+        from .views import select_context, select_targets
 
         depth = None
         if self.views.mode == "overlap":  # the measured overlap needs every frame's depth
             depth = torch.stack([frame_depth(self.scenes.frame(scene, i), vs, True, "MultiViewDataset") for i in range(len(vs))])
-        pair = select_pair(self.views, len(vs), generator, K=vs.K, c2w=vs.c2w, depth=depth)  # (2,)
+        context = select_context(self.views, len(vs), generator, K=vs.K, c2w=vs.c2w, depth=depth)  # (C,)
         if not self.num_targets:
-            return pair
-        return torch.cat([pair, select_targets(self.views, len(vs), pair, self.num_targets, generator)])  # (2 + T,)
+            return context
+        return torch.cat([context, select_targets(self.views, len(vs), context, self.num_targets, generator)])  # (C + T,)
 
 
 def near_far(depth: Tensor, default: tuple[float, float], margin: float = 0.1) -> tuple[Tensor, Tensor]:
@@ -426,6 +476,8 @@ def collate_stacked(samples: list[dict]) -> dict:
                     "resize (ImageDataset(size=...)) or batch scenes of one image size"
                 )
             batch[key] = torch.stack(values)  # (B, ...)
+        elif isinstance(values[0], dict) and "points" in values[0]:
+            batch[key] = collate_points(values)  # one cloud per sample, packed: (sum N, ...), offset (B,)
         else:
             batch[key] = values
     return batch

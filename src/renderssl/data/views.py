@@ -27,7 +27,7 @@ Selectors
     * when no pair qualifies, :func:`overlapping_pair` returns the highest-scoring pair (a training stream
       does not stop on one badly covered scene) unless ``strict=True``, which raises.
 - :func:`random_views` (PonderV2: ``num_cameras=5`` random RGB-D frames per scene): ``k`` distinct frames,
-  a prefix of a random permutation.
+  a prefix of a random permutation (``ViewSelectionConfig(mode="random", count=5)``).
 - :func:`nearest_views` (GNT / IBRNet source views, ``ibrnet_collected.py``): the ``num_candidates`` views
   whose camera centres are nearest the target's (target excluded; ties broken by the lower index), then
   ``num_select`` of them at random without repeats. GNT's randomisation of both counts (candidates
@@ -62,12 +62,14 @@ DEFAULT_REL_TOL = 0.05  # our choice: as renderssl.data.inspect.REPROJECTION_LIM
 DEFAULT_MIN_OVERLAP = 0.5  # our choice
 DEFAULT_MAX_OVERLAP = 1.0  # our choice: no upper bound
 TARGET_MODES = ("random", "between")  # ViewSelectionConfig.targets
+CONTEXT_MODES = ("interval", "overlap", "random")  # ViewSelectionConfig.mode
 
 
 @dataclass
 class ViewSelectionConfig:
-    """How a two-view recipe picks its pair: ``mode`` "interval" (ordered sequences, GS³'s default) or
-    "overlap" (unordered views, by measured overlap). Fields as in the module docstring. ``targets``: how
+    """How a multi-view recipe picks its context views: ``mode`` "interval" (a pair from an ordered
+    sequence, GS³'s default), "overlap" (a pair of unordered views, by measured overlap) or "random"
+    (``count`` distinct random frames, PonderV2's ``num_cameras=5``). Fields as in the module docstring. ``targets``: how
     the extra target views are drawn: "random" (default; any other frames) or "between" (frames strictly
     between an interval pair (i, i + d), uniformly, as pixelSplat's interpolation targets; random other
     frames in overlap mode or when fewer than the wanted number lie between; ``renderssl evaluate``'s
@@ -81,15 +83,22 @@ class ViewSelectionConfig:
     max_overlap: float = DEFAULT_MAX_OVERLAP
     strict: bool = False
     targets: str = "random"
+    count: int = 2  # mode "random": the number of context frames
 
     def __post_init__(self):
-        if self.mode not in ("interval", "overlap"):
-            raise InputError(f"ViewSelectionConfig.mode: expected 'interval' or 'overlap', got {self.mode!r}")
+        if self.mode not in CONTEXT_MODES:
+            raise InputError(f"ViewSelectionConfig.mode: expected one of {list(CONTEXT_MODES)}, got {self.mode!r}")
+        _check_positive_int("ViewSelectionConfig.count", self.count)
         if self.targets not in TARGET_MODES:
             raise InputError(f"ViewSelectionConfig.targets: expected one of {list(TARGET_MODES)}, got {self.targets!r}")
         _check_positive_int("ViewSelectionConfig.interval", self.interval)
         _check_positive_int("ViewSelectionConfig.stride", self.stride)
         _check_thresholds(self.rel_tol, self.min_overlap, self.max_overlap, prefix="ViewSelectionConfig.")
+
+    @property
+    def num_context(self) -> int:
+        """Context views per sample: 2 (a pair) or ``count`` (mode "random")."""
+        return self.count if self.mode == "random" else 2
 
 
 # ---- argument checks --------------------------------------------------------------------------------
@@ -323,18 +332,20 @@ def overlapping_pair(K: Tensor, c2w: Tensor, depth: Tensor, generator: torch.Gen
     return torch.cat([a[i], b[i]])  # (2,)
 
 
-def select_targets(config: ViewSelectionConfig, num_frames: int, pair: Tensor, num_targets: int,
+def select_targets(config: ViewSelectionConfig, num_frames: int, context: Tensor, num_targets: int,
                    generator: torch.Generator | None = None) -> Tensor:
-    """(num_targets,) int64 target frames other than ``pair`` (2,) by ``config.targets``: "random" = distinct
-    random other frames; "between" = distinct frames strictly between the pair of an interval selection,
-    uniformly (random other frames in overlap mode or when fewer than ``num_targets`` lie between)."""
+    """(num_targets,) int64 target frames other than the ``context`` frames (C,) by ``config.targets``:
+    "random" = distinct random other frames; "between" = distinct frames strictly between the pair of an
+    interval selection, uniformly (random other frames in the other modes or when fewer than
+    ``num_targets`` lie between)."""
     num_targets = _check_positive_int("num_targets", num_targets, minimum=0)
     _check_generator(generator)
-    lo, hi = sorted(int(i) for i in pair)
+    taken = {int(i) for i in context}
+    lo, hi = min(taken), max(taken)
     if config.targets == "between" and config.mode == "interval" and hi - lo - 1 >= num_targets:
         candidates = torch.arange(lo + 1, hi, dtype=torch.int64)  # (d - 1,)
     else:
-        candidates = torch.tensor([i for i in range(num_frames) if i not in (lo, hi)], dtype=torch.int64)  # (F - 2,)
+        candidates = torch.tensor([i for i in range(num_frames) if i not in taken], dtype=torch.int64)  # (F - C,)
     if num_targets > len(candidates):
         raise InputError(f"num_targets: {num_targets} target view(s) wanted but only {len(candidates)} other frame(s)")
     if num_targets == 0:
@@ -342,10 +353,14 @@ def select_targets(config: ViewSelectionConfig, num_frames: int, pair: Tensor, n
     return candidates[random_views(len(candidates), num_targets, generator)]  # (num_targets,)
 
 
-def select_pair(config: ViewSelectionConfig, num_frames: int, generator: torch.Generator | None = None, *,
-                K: Tensor | None = None, c2w: Tensor | None = None, depth: Tensor | None = None) -> Tensor:
-    """(2,) int64 by ``config.mode``: :func:`frame_interval_pair` or :func:`overlapping_pair` (which needs
-    the scene's K, c2w and depth)."""
+def select_context(config: ViewSelectionConfig, num_frames: int, generator: torch.Generator | None = None, *,
+                   K: Tensor | None = None, c2w: Tensor | None = None, depth: Tensor | None = None) -> Tensor:
+    """(config.num_context,) int64 by ``config.mode``: :func:`frame_interval_pair`, :func:`overlapping_pair`
+    (which needs the scene's K, c2w and depth) or :func:`random_views`."""
+    if config.mode == "random":
+        if num_frames < config.count:
+            raise InputError(f"ViewSelectionConfig.count: {config.count} context frames wanted from a scene of {num_frames}")
+        return random_views(num_frames, config.count, generator)
     if config.mode == "interval":
         return frame_interval_pair(num_frames, config.interval, generator, strict=config.strict)
     if K is None or c2w is None or depth is None:
@@ -357,5 +372,5 @@ def select_pair(config: ViewSelectionConfig, num_frames: int, generator: torch.G
 __all__ = [
     "DEFAULT_INTERVAL", "DEFAULT_MAX_OVERLAP", "DEFAULT_MIN_OVERLAP", "DEFAULT_REL_TOL", "DEFAULT_STRIDE",
     "ViewSelectionConfig", "frame_interval_pair", "nearest_views", "overlap", "overlap_matrix", "overlapping_pair",
-    "overlapping_pairs", "pair_scores", "random_views", "select_pair", "select_targets",
+    "overlapping_pairs", "pair_scores", "random_views", "select_context", "select_targets",
 ]
