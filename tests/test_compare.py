@@ -87,3 +87,19 @@ def test_entries_default_tasks_and_unique_names(tmp_path):
     with pytest.raises(InputError, match="two entries are named 'same'"):
         run_compare(cfg, log=lambda s: None)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_point_encoders_bring_their_input_features(tmp_path):
+    from renderssl.compare import encoder_point_features
+    from renderssl.models.encoders.pointnet2 import PointNet2, PointNet2Config
+
+    def point_encoder(name, channels):
+        cfg = PointNet2Config(preset="small", in_channels=channels)
+        return export_encoder(PointNet2(cfg), "pointnet2", cfg, tmp_path / name, pretraining={"method": name, "data": to_dict(DATA)})
+
+    rgb, rgb_normal, vit = point_encoder("rgb", 3), point_encoder("rgbn", 6), exported(tmp_path, "vit", DATA)
+    assert encoder_point_features([str(vit), str(rgb)]) == "color"
+    assert encoder_point_features([str(rgb_normal)]) == "color_normal"
+    assert encoder_point_features([str(vit)]) is None
+    with pytest.raises(InputError, match="different input features"):
+        encoder_point_features([str(rgb), str(rgb_normal)])

@@ -4,7 +4,8 @@
     renderssl pretrain CONFIG [key=value ...]       CONFIG: a preset (gmae_tiny, mae_base, ...) or a YAML path
     renderssl config CONFIG [key=value ...]         print the resolved config (YAML) a run of it would write
     renderssl finetune ENCODER [key=value ...]      downstream.* / data.* overrides; --scratch for the baseline
-    renderssl evaluate RUN [data.key=value ...]     reconstruction and (GMAE) zero-shot edges on held-out frames
+    renderssl evaluate RUN [data.key=value ...]     reconstruction and (GMAE) zero-shot edges on held-out frames;
+                                                    multi-view recipes: novel views vs the nearest context view
                                                     at the run's training resolution
     renderssl compare ENC [ENC ...] [key=value]      encoders vs scratch over label fractions and seeds
                                                     (--architectures sparse_unet:small: scratch 3D encoders)
@@ -203,7 +204,7 @@ def _finetune(args) -> None:
 
 
 def _compare(args) -> None:
-    from .compare import CompareConfig, run_compare
+    from .compare import CompareConfig, encoder_point_features, run_compare
     from .train.config import apply_overrides, from_dict
 
     encoders = [a for a in args.items if "=" not in a]
@@ -214,6 +215,9 @@ def _compare(args) -> None:
         "tasks": [t for t in args.tasks.split(",") if t], "fractions": [float(f) for f in args.fractions.split(",") if f],
         "scratch": not args.no_scratch, "out_dir": args.out,
     }
+    features = encoder_point_features(encoders)  # the point encoders' own input features; an override wins
+    if features is not None:
+        data["downstream"] = {"points": {"features": features}}
     run_compare(from_dict(CompareConfig, apply_overrides(data, overrides), "compare"))
 
 
@@ -301,13 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="key=value applied to every run")
     sw.set_defaults(handler=_sweep)
 
-    ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run, at its "
-                          "training resolution (frames brought to it by the run's data.resize)")
+    ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run, or novel views "
+                          "from two context views (multi-view recipes), at its training resolution")
     ev.add_argument("run", help="a renderssl pretrain output folder")
     ev.add_argument("overrides", nargs="*", help="data.* overrides of the run's data, e.g. data.source=DIR "
                     "data.test_scenes=2 data.resize=stretch")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--max-frames", type=int, default=64)
+    ev.add_argument("--max-frames", type=int, default=64, help="frames scored (multi-view recipes: scenes, one target each)")
     ev.add_argument("--layers", type=int, default=16, help="depth layers for GMAE zero-shot edges (paper: 16)")
     ev.add_argument("--images", help="folder of images for BSDS-protocol edge evaluation (GMAE)")
     ev.add_argument("--gt", help="folder of BSDS500 groundTruth .mat files named like the images")

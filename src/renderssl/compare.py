@@ -21,6 +21,9 @@ Choices:
 * The scratch baseline is the architecture and config of the first encoder of each family, named
   ``scratch`` when the encoders are of one family, else ``scratch (<architecture>)``.
 * Entry names must be unique (``names`` gives labels when two encoders share a recipe).
+* Point encoders get the input features their ``in_channels`` take (``color`` for 3, ``color_normal``
+  for 6; :func:`encoder_point_features`) unless ``downstream.points.features`` is given; the scratch
+  entries get the same.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .data.build import load_split, scene_ids
 from .data.scenes import SceneCache
 from .errors import InputError
 from .eval.report import markdown_table, plot_metric
-from .eval.tasks import DownstreamConfig, architecture_family, assign_tasks
+from .eval.tasks import DownstreamConfig, architecture_family, assign_tasks, features_for_channels
 from .eval.transfer import run_on_splits
 from .export import read_encoder_info
 from .finetune import architecture_factory, data_config_of, encoder_factory, resolve_encoder
@@ -132,6 +135,20 @@ def build_entries(cfg: CompareConfig, encoders: list[Path]) -> list[Entry]:
             raise InputError(f"compare: two entries are named {entry.name!r}; give each encoder a label with --names")
         seen.add(entry.name)
     return entries
+
+
+def encoder_point_features(encoders: list[str]) -> str | None:
+    """The ``downstream.points.features`` the point encoders among ``encoders`` take (from their
+    ``in_channels``, as ``renderssl finetune`` does); None without point encoders. Two point encoders of
+    different input channels are an error: one comparison feeds every entry the same features."""
+    found = {}
+    for path in encoders:
+        info = read_encoder_info(resolve_encoder(path))
+        if architecture_family(info["architecture"]) == "points":
+            found[str(path)] = features_for_channels(info["config"].get("in_channels"))
+    if len(set(found.values())) > 1:
+        raise InputError(f"compare: the point encoders take different input features ({found}); compare them separately")
+    return next(iter(found.values()), None)
 
 
 def architecture_family_or_none(architecture: str) -> str | None:
