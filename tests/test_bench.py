@@ -190,6 +190,7 @@ def test_cpu_busy_fraction_of_other_processes():
     assert parse_proc_stat(stat0, [0, 1]) == (356, 1866) and parse_proc_stat(stat1, [0, 1]) == (526, 2066)
     own = "123 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 40 30 0 0"  # utime 40, stime 30
     assert parse_self_stat(own) == 70
+    assert parse_self_stat(own[:-3] + "5 7 20") == 82  # + finished children's cutime 5, cstime 7
     shares = others_busy(CpuSnapshot(356, 1866, 70, 0.0), CpuSnapshot(526, 2066, 70 + 38, 1.0))
     assert shares == pytest.approx(((170 - 38) / 200, 38 / 200))
     assert others_busy(CpuSnapshot(1, 1, 0, 0.0), CpuSnapshot(1, 1, 0, 1.0)) is None

@@ -15,7 +15,7 @@ Choices:
 - Other processes' busy fraction: over a sampling window (0.5 s by default), the non-idle jiffies of
   the usable CPUs' lines of ``/proc/stat`` (user + nice + system + irq + softirq + steal; guest time is
   already inside user) minus this process's own (utime + stime of ``/proc/self/stat``, all its
-  threads), divided by all the jiffies of those CPUs. 1.0 means the other processes kept every usable
+  threads, + cutime + cstime, its finished child processes), divided by all the jiffies of those CPUs. 1.0 means the other processes kept every usable
   core busy. While :func:`describe_machine` samples, this process sleeps, so the figure is the load the
   bench is about to meet. Jiffies are 10 ms, so a 0.5 s window on 2 cores resolves 1%. Linux only;
   elsewhere the line says "n/a".
@@ -80,9 +80,11 @@ def parse_proc_stat(text: str, cpus: list[int]) -> tuple[int, int]:
 
 
 def parse_self_stat(text: str) -> int:
-    """utime + stime jiffies of ``/proc/<pid>/stat`` text (fields 14 and 15; comm may hold spaces)."""
+    """utime + stime + cutime + cstime jiffies of ``/proc/<pid>/stat`` text (fields 14-17; comm may hold
+    spaces): the process and its finished children, so a bench that measures in child processes
+    (``bench data``, ``bench memory``) counts their work as its own, not as other processes' load."""
     rest = text[text.rindex(")") + 2:].split()  # rest[0] is field 3 (state)
-    return int(rest[11]) + int(rest[12])
+    return sum(int(v) for v in rest[11:15])
 
 
 def cpu_snapshot(cpus: list[int] | None = None) -> CpuSnapshot | None:
