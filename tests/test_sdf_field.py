@@ -16,13 +16,14 @@ from renderssl.models.heads.sdf_field import (
     VolumeSDFField,
     unit_cube_to_grid,
 )
-from renderssl.render.grid import grid_to_world
+from renderssl.models.volume import UNIT_BOX, densify
+from renderssl.models.volume import voxel_centres as grid_voxel_centres
+from renderssl.render.grid import trilinear_lookup
 from renderssl.render.volume import eikonal_loss, neus_sample, render_neus
 from renderssl.render.volume.neus_upsample import sampling_sdf
 
 f64 = torch.float64
-PAD = 0.1
-HALF = (1 + PAD) / 2  # the grid's corner voxel centres sit at ±0.55
+HALF = 0.55  # PonderV2's collider: rays start and end on the box ±0.55 (the volume itself tiles ±0.5)
 
 
 class ChannelZeroSDF(nn.Module):
@@ -37,12 +38,9 @@ class ChannelZeroSDF(nn.Module):
 
 
 def voxel_centres(shape_zyx, dtype=f64):
-    """Unit-cube positions (Z, Y, X, 3) of the voxel centres (align_corners=True over ±0.55)."""
+    """Unit-cube positions (Z, Y, X, 3) of the voxel centres of a grid tiling [-0.5, 0.5]^3 (densify's cells)."""
     Z, Y, X = shape_zyx
-    zs, ys, xs = (torch.linspace(-1, 1, n, dtype=dtype) for n in (Z, Y, X))
-    grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="xy"), dim=-1)  # (Y, X, Z, 3) in (x, y, z)
-    grid = grid.permute(2, 0, 1, 3)  # (Z, Y, X, 3)
-    return grid_to_world(grid, [-HALF] * 3, [HALF] * 3)
+    return grid_voxel_centres((X, Y, Z), UNIT_BOX, dtype=dtype)
 
 
 def sdf_volume(sdf_fn, shape_zyx=(48, 64, 64), channels=4, dtype=f64):
@@ -96,11 +94,26 @@ def camera_rays(eye, target, size=12, fov_px=14.0, dtype=f64):
 
 
 # ---- normalisation and decoders ------------------------------------------------------------------
-def test_unit_cube_to_grid_is_the_official_formula_and_maps_the_padded_cube_to_minus_one_one():
-    p = torch.rand(10, 3, dtype=f64) - 0.5
-    torch.testing.assert_close(unit_cube_to_grid(p, 0.1), (p / 1.1 + 0.5) * 2 - 1)
-    corners = torch.tensor([[-0.55] * 3, [0.55] * 3], dtype=f64)
-    torch.testing.assert_close(unit_cube_to_grid(corners), torch.tensor([[-1.0] * 3, [1.0] * 3], dtype=f64))
+def test_unit_cube_to_grid_puts_minus_one_one_at_the_corner_cell_centres_by_hand():
+    # (X, Y, Z) = (4, 8, 2) cells over [-0.5, 0.5]^3: cell edges 1/4, 1/8, 1/2, corner centres ±(3/8, 7/16, 1/4)
+    corners = torch.tensor([[-3 / 8, -7 / 16, -1 / 4], [3 / 8, 7 / 16, 1 / 4]], dtype=f64)
+    torch.testing.assert_close(unit_cube_to_grid(corners, (4, 8, 2)), torch.tensor([[-1.0] * 3, [1.0] * 3], dtype=f64))
+    torch.testing.assert_close(unit_cube_to_grid(torch.zeros(1, 3, dtype=f64), (4, 8, 2)), torch.zeros(1, 3, dtype=f64))
+    with pytest.raises(InputError, match="grid_shape"):
+        unit_cube_to_grid(corners, (4, 1, 2))
+
+
+def test_the_field_reads_a_densified_feature_back_at_its_cell_centre():
+    """densify writes a point's feature into its cell; the field's lookup returns it at the cell's centre."""
+    grid_shape = (4, 3, 2)  # (X, Y, Z)
+    centres = grid_voxel_centres(grid_shape, dtype=f64).reshape(-1, 3)  # (24, 3)
+    feats = torch.randn(len(centres), 2, dtype=f64)
+    jitter = (torch.rand_like(centres) - 0.5) * 0.2 * torch.tensor([1 / 4, 1 / 3, 1 / 2], dtype=f64)  # inside each cell
+    vol = densify(feats, centres + jitter, torch.zeros(len(centres), dtype=torch.long), 1, grid_shape)  # (1, 2, 2, 3, 4)
+    field = VolumeSDFField(SDFFieldConfig(volume_channels=2, hidden=4, geometry_feature_dim=1, semantic_dim=0)).to(f64)
+    _, looked_up = field.lookup(vol, centres[None])  # (1, 24, 2)
+    torch.testing.assert_close(looked_up[0], feats)
+    torch.testing.assert_close(trilinear_lookup(vol, unit_cube_to_grid(centres, grid_shape)[None], "zeros")[0], feats)
 
 
 def test_decoders_have_the_official_widths_and_layers():
@@ -190,7 +203,7 @@ def test_eikonal_is_zero_for_a_plane_volume_and_small_for_a_sphere_volume():
     field = identity_field()
     normal = torch.nn.functional.normalize(torch.tensor([0.3, -0.5, 0.8], dtype=f64), dim=0)
     plane = sdf_volume(lambda p: (p * normal).sum(-1) - 0.05)
-    pts = (torch.rand(1, 20, 8, 3, dtype=f64) - 0.5) * 1.0
+    pts = (torch.rand(1, 20, 8, 3, dtype=f64) - 0.5) * 0.95  # within the corner cells' centres (zeros outside)
     dirs = torch.nn.functional.normalize(torch.randn_like(pts), dim=-1)
     out = field(plane, pts, dirs)
     torch.testing.assert_close(out.gradients, normal.expand_as(out.gradients))
@@ -231,7 +244,9 @@ def test_two_scenes_render_scene_major():
     hit = ~ray_sphere(o, d).isnan()
     o, d = o[hit][:8], d[hit][:8]
     o2, d2 = torch.cat([o, o]), torch.cat([d, d])
-    near, far = ray_box(o2, d2)
+    # inside the volume's corner cell centres: beyond them the zero padding ramps the empty scene's sdf 1 -> 0,
+    # a surface-like fall the sharp s = 4000 would render
+    near, far = ray_box(o2, d2, -0.48, 0.48)
     out = render_neus(o2, d2, near, far, field.bind(vol), variance=4000.0)
     assert (out.accumulation[:8] > 0.99).all() and (out.accumulation[8:] < 0.01).all()
 
@@ -242,7 +257,7 @@ def test_up_sampler_reads_the_same_normalised_volume_as_the_renderer():
     field = identity_field()
     vol = sdf_volume(sphere_sdf)
     bound = field.bind(vol)
-    pts = (torch.rand(4, 7, 3, dtype=f64) - 0.5)
+    pts = (torch.rand(4, 7, 3, dtype=f64) - 0.5) * 0.95  # within the corner cells' centres (zeros outside)
     dirs = torch.nn.functional.normalize(torch.randn_like(pts), dim=-1)
     torch.testing.assert_close(bound.sdf(pts), bound(pts, dirs).sdf)
     torch.testing.assert_close(sampling_sdf(bound, None)(pts, dirs), sphere_sdf(pts), atol=2e-3, rtol=0)
@@ -257,5 +272,5 @@ def test_up_sampler_reads_the_same_normalised_volume_as_the_renderer():
         return ((z - truth[:, None]).abs() < 0.01).sum(-1)
 
     assert (near_surface(sampling_sdf(bound, None)) >= 6).all()
-    # PonderV2's sampler: un-normalised points fed to pts * 2 - 1, i.e. our query at 1.1 (p - 0.5)
+    # PonderV2's sampler: un-normalised points fed to pts * 2 - 1, read about 0.5 off and 10% stretched: ~1.1 (p - 0.5)
     assert near_surface(lambda p, dirs: bound.sdf(1.1 * (p - 0.5))).float().mean() < 3

@@ -22,13 +22,19 @@ Official indoor config (``configs/scannet/pretrain-ponder-spunet-v1m1-0-base.py`
   the features (the RGB and semantic decoders), so there is no activation in them at all.
 - Volume lookup ``padding_mode="zeros"`` (SmoothSampler's) with ``align_corners=True``.
 
-Point normalisation (one function, :func:`unit_cube_to_grid`): PonderV2 maps unit-cube points with
-p / (1 + pad) + 0.5 into [0, 1] and then ×2 − 1 into grid_sample coordinates, pad = 0.1; i.e. the grid's
-corner voxel centres sit at ±(1 + pad) / 2 = ±0.55, the collider's AABB. Every consumer of the field
-(the renderer, the NeuS up-sampler through ``sdf``) passes *unit-cube* points and the field normalises
-them itself, in exactly one place. PonderV2's bug (1) (its sampler reads the volume with un-normalised
-points) therefore cannot happen here: ``BoundSDFField.sdf`` and ``BoundSDFField.__call__`` share the
-same path.
+Point normalisation (one function, :func:`unit_cube_to_grid`): the feature volume's cells tile ``box``
+(default :data:`~renderssl.models.volume.UNIT_BOX` = [-0.5, 0.5]^3, the cube ``models.volume.densify``
+writes), and a unit-cube point p is read at ``world_to_grid(p, *centre_bounds(grid_shape, box))``: the
+align_corners=True coordinates in which ±1 are the centres of the first / last cells, so a feature
+densified into a cell is read back exactly at that cell's centre. The grid shape (X, Y, Z) is the bound
+volume's own. PonderV2 instead maps p / (1 + pad) + 0.5 (pad 0.1) into [0, 1] and ×2 − 1, i.e. its corner
+voxel centres sit at ±0.55, half a cell and 5% away from the cells it densified into; not copied. The
+collider (the renderer's ray box, PonderV2's [-0.55, 0.55]^3) is the caller's business: samples outside
+the volume read zeros (``padding_mode="zeros"``, as the official SmoothSampler). Every consumer of the
+field (the renderer, the NeuS up-sampler through ``sdf``) passes *unit-cube* points and the field
+normalises them itself, in exactly one place. PonderV2's bug (1) (its sampler reads the volume with
+un-normalised points) therefore cannot happen here: ``BoundSDFField.sdf`` and ``BoundSDFField.__call__``
+share the same path.
 
 Our choices where the paper and code are silent or where we differ:
 - The decoders' ``points`` input (used only when points_factor != 0) is the normalised grid coordinate
@@ -53,17 +59,18 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from ...render.grid import PADDING_MODES, trilinear_lookup
+from ...render.grid import PADDING_MODES, trilinear_lookup, world_to_grid
 from ...render.volume import AutogradSDFField, NeuSField
+from ..volume.densify import UNIT_BOX, box_tensors, centre_bounds
 
-PONDER_NORM_PADDING = 0.1  # official norm_padding: the grid spans the unit cube padded to ±0.55
 
-
-def unit_cube_to_grid(points: Tensor, padding: float = PONDER_NORM_PADDING) -> Tensor:
-    """Unit-cube points (..., 3) -> grid coordinates (..., 3): (p / (1 + pad) + 0.5) · 2 − 1 = 2 p / (1 + pad)."""
-    if padding <= -1.0:
-        raise InputError(f"unit_cube_to_grid: padding must be > -1, got {padding}")
-    return (points / (1.0 + padding) + 0.5) * 2.0 - 1.0
+def unit_cube_to_grid(points: Tensor, grid_shape, box=UNIT_BOX) -> Tensor:
+    """Unit-cube points (..., 3) -> align_corners=True grid coordinates (..., 3) of a (X, Y, Z) grid whose
+    cells tile ``box``: ±1 at the centres of the first / last cells (``models.volume.centre_bounds``)."""
+    lo, hi = centre_bounds(grid_shape, box, points.dtype, points.device)  # (3,) each
+    if min(int(n) for n in grid_shape) < 2:
+        raise InputError(f"unit_cube_to_grid: grid_shape needs >= 2 cells per axis, got {tuple(grid_shape)}")
+    return world_to_grid(points, lo, hi)
 
 
 class IFNetDecoder(nn.Module):
@@ -131,9 +138,13 @@ class SDFFieldConfig:
     semantic_dim: int = 512  # 0 = no semantic decoder (CLIP ViT-B/16 text width otherwise)
     semantic_blocks: int = 0
     points_factor: float = 0.0
-    padding: float = PONDER_NORM_PADDING
+    box: tuple[tuple[float, float, float], tuple[float, float, float]] = UNIT_BOX  # (lo, hi) the volume's cells tile (densify's)
     padding_mode: str = "zeros"
     use_gradient: bool = True  # ∇sdf enters the colour and semantic decoders
+
+    def __post_init__(self):
+        box_tensors(self.box)  # (lo, hi) with 3 numbers each, hi > lo
+        self.box = tuple(tuple(float(v) for v in b) for b in self.box)
 
 
 class FieldOutput(NamedTuple):
@@ -175,7 +186,8 @@ class VolumeSDFField(nn.Module):
 
     def lookup(self, volume: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         """Unit-cube points (B, N, 3) -> grid coordinates (B, N, 3) and volume features (B, N, C)."""
-        grid = unit_cube_to_grid(points, self.config.padding)  # (B, N, 3) in [-1, 1] inside the padded cube
+        grid_shape = (volume.shape[4], volume.shape[3], volume.shape[2])  # (X, Y, Z)
+        grid = unit_cube_to_grid(points, grid_shape, self.config.box)  # (B, N, 3), ±1 at the corner cells' centres
         return grid, trilinear_lookup(volume, grid, self.config.padding_mode)  # (B, N, C)
 
     def sdf_and_features(self, volume: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
