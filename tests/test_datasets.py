@@ -260,3 +260,37 @@ def test_scene_cloud_equals_fusing_the_loaded_scene_and_collates_with_offsets():
     counts = [len(s["cloud"]["points"]) for s in samples]
     assert batch["cloud"]["offset"].tolist() == [counts[0], counts[0] + counts[1]]
     assert batch["cloud"]["points"].shape == (sum(counts), 3) and batch["rgb"].shape[:2] == (2, 4)
+
+
+class _ShiftAndDraw:
+    """A picklable test transform: shifts the points by a random draw from the sample's generator."""
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        shift = torch.rand(3, generator=generator)  # (3,)
+        return dict(sample, cloud=dict(sample["cloud"], points=sample["cloud"]["points"] + shift), shift=shift)
+
+
+def test_multiview_transform_is_applied_last_with_the_samples_seeded_generator():
+    import pickle
+
+    from renderssl.data.build import load_split
+    from renderssl.data.datasets import SceneCloudConfig, sample_generator
+    from renderssl.data.views import ViewSelectionConfig
+    from renderssl.train.config import DataConfig
+
+    scenes = load_split(DataConfig(source="synthetic", kind="room", width=32, height=24, views=6, train_scenes=2,
+                                   val_scenes=0, test_scenes=0), "train")
+    kw = dict(views=ViewSelectionConfig(mode="random", count=3), scene_cloud=SceneCloudConfig(pixel_stride=3))
+    plain = MultiViewDataset(scenes, **kw)
+    ds = MultiViewDataset(scenes, **kw, transform=_ShiftAndDraw())
+    ds = pickle.loads(pickle.dumps(ds))  # DataLoader workers get a pickled copy
+    a, b, raw = ds[1], ds[1], plain[1]
+    assert torch.equal(a["shift"], b["shift"]) and torch.equal(a["cloud"]["points"], b["cloud"]["points"])
+    assert torch.equal(a["view_ids"], raw["view_ids"])  # the views are drawn first, as without a transform
+    g = sample_generator(0, 0, 1)
+    plain.select_views(1, plain.scenes[1], g)  # the generator continues after the view selection
+    torch.testing.assert_close(a["shift"], torch.rand(3, generator=g))
+    torch.testing.assert_close(a["cloud"]["points"], raw["cloud"]["points"] + a["shift"])
+    assert not torch.equal(ds[0]["shift"], a["shift"])  # another index, another draw
+    with pytest.raises(InputError, match="transform"):
+        MultiViewDataset(scenes, **kw, transform=3)

@@ -303,12 +303,19 @@ class MultiViewDataset(Dataset):
     scene's ``near`` and ``far`` (:func:`near_far`) and, with ``scene_cloud`` (:class:`SceneCloudConfig`),
     the scene's fused cloud as ``sample["cloud"]`` (``points``, ``colors`` and ``normals`` / ``semantic``
     where the scene has them, (N, ...)), packed with offsets by :func:`collate_stacked`.
+
+    ``transform``: an optional picklable callable ``(sample, generator) -> sample`` applied last, with the
+    sample's own generator (the one that selected its views, continued), so a transformed sample is still a
+    pure function of (seed, epoch, index) in any DataLoader worker: a recipe's per-sample augmentation,
+    grid sampling and input masking (PonderV2's data pipeline). It must not modify the sample's tensors
+    in place (the scene cloud is cached and shared between samples).
     """
 
     def __init__(self, scenes, num_views: int = 2, samples_per_scene: int = 1, seed: int = 0,
                  pool: int | None = None, require_depth: bool = False, cache_scenes: int = 64, cache_mb: float = 512.0,
                  size: tuple[int, int] | None = None, resize: str = "crop", views=None, num_targets: int = 0,
-                 default_near_far: tuple[float, float] = (0.1, 100.0), scene_cloud: SceneCloudConfig | None = None):
+                 default_near_far: tuple[float, float] = (0.1, 100.0), scene_cloud: SceneCloudConfig | None = None,
+                 transform: Callable[[dict, torch.Generator], dict] | None = None):
         if views is not None:
             num_views = views.num_context + num_targets
         if num_views < 1 or samples_per_scene < 1 or num_targets < 0:
@@ -320,6 +327,9 @@ class MultiViewDataset(Dataset):
         self.require_depth, self.epoch = require_depth, 0
         self.size, self.resize = (tuple(size) if size is not None else None), check_resize_mode(resize)
         self.scene_cloud, self._clouds = scene_cloud, OrderedDict()
+        if transform is not None and not callable(transform):
+            raise InputError(f"MultiViewDataset: transform must be callable (sample, generator) -> sample, got {type(transform).__name__}")
+        self.transform = transform
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -357,7 +367,8 @@ class MultiViewDataset(Dataset):
         vs = self.scenes[scene]
         if len(vs) < self.num_views:
             raise InputError(f"MultiViewDataset: scene {vs.name!r} has {len(vs)} views, fewer than num_views={self.num_views}")
-        ids = self.select_views(scene, vs, sample_generator(self.seed, self.epoch, idx))  # (V,)
+        generator = sample_generator(self.seed, self.epoch, idx)
+        ids = self.select_views(scene, vs, generator)  # (V,)
         frames = []
         for i in ids:
             f = self.scenes.frame(scene, int(i))
@@ -378,6 +389,8 @@ class MultiViewDataset(Dataset):
                 sample[key] = torch.stack([f[key] for f in frames])  # (V, H, W)
         if self.scene_cloud is not None:
             sample["cloud"] = self.fused_cloud(scene, vs)  # (N, 3) points, colors, ...
+        if self.transform is not None:
+            sample = self.transform(sample, generator)
         return sample
 
     def select_views(self, scene: int, vs, generator: torch.Generator) -> Tensor:
