@@ -353,10 +353,6 @@ class Ponder(Method):
     def render(self, volume: Tensor, rays: RayBatch, generator: torch.Generator | None, stratified: bool = True):
         """NeuS rendering of the rays (scene-major) through the field bound to ``volume``."""
         cfg = self.config
-        device = rays.origins.device
-        if generator is not None and generator.device != device:  # render.volume's samplers draw on the rays' device
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            generator = torch.Generator(device=device).manual_seed(seed)
         return render_neus(rays.origins, rays.directions, rays.near, rays.far, self.field.bind(volume),
                            n_samples=cfg.n_samples, n_importance=cfg.n_importance, up_sample_steps=cfg.up_sample_steps,
                            variance=self.variance, stratified=stratified, generator=generator)

@@ -39,7 +39,8 @@ def _unit_offsets(R: int, n: int, stratified: bool, generator, like: Tensor) -> 
     """(R, n) positions in [0, 1): slice midpoints, or one uniform draw inside each of n slices."""
     i = torch.arange(n, dtype=like.dtype, device=like.device)  # (n,)
     if stratified:
-        jitter = torch.rand((R, n), generator=generator, dtype=like.dtype, device=like.device)  # (R, n)
+        where = generator.device if generator is not None else like.device  # a CPU generator serves CUDA rays
+        jitter = torch.rand((R, n), generator=generator, dtype=like.dtype, device=where).to(like.device)  # (R, n)
     else:
         jitter = torch.full((R, n), 0.5, dtype=like.dtype, device=like.device)
     return (i + jitter) / n  # (R, n)
