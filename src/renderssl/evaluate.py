@@ -40,6 +40,18 @@
   nearest_context_view: {psnr, ssim, lpips}, scenes, images}; ``evaluation.png`` rows: context 0,
   context 1, target, rendering, nearest view (up to four scenes). An unreadable scene (or one with too
   few frames) is skipped and listed.
+- PonderV2 (``method: ponder``; :mod:`renderssl.eval.ponder_eval`): per held-out scene (the first
+  ``max_frames`` readable scenes of the split) the run's ``ponder.views`` context frames and one random other
+  frame as target; the scene's fused cloud as in pretraining but grid-sampled only (no augmentation, no
+  input masking), at the size of ``data.height`` x ``data.width`` (overrides apply: the renderer takes any
+  size). Novel frames: every pixel of the target rendered (NeuS, deterministic samples), PSNR / SSIM
+  against the target and the nearest context frame as floor, depth AbsRel of the rendered z-depth in
+  metres over valid ground-truth pixels. Surfaces: marching cubes at 0 on the SDF over the scene's cloud
+  box, the mesh in world metres written to ``meshes/<scene>.ply``, Chamfer and F-score at 5 cm against the
+  true surface (synthetic: the exact primitives seen by the scene's cameras; otherwise the fused
+  ground-truth depth); a field without a zero crossing is "no surface" (chamfer inf, F-score 0).
+  ``evaluation.json``: ``novel_frames``, ``surfaces`` (means and ``per_scene``); ``evaluation.png`` rows:
+  context 0, target, rendering, rendered depth, true depth.
 """
 
 from __future__ import annotations
@@ -197,6 +209,12 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
                          "and the multi-view recipes (score other encoders downstream with renderssl compare / finetune)")
     if max_frames < 1:
         raise InputError(f"evaluate: --max-frames must be >= 1, got {max_frames}")
+    if cfg.method == "ponder":  # novel RGB-D frames and surfaces (module docstring; eval/ponder_eval.py)
+        from .eval.ponder_eval import evaluate_ponder
+
+        changed = data_overrides(run_dir, overrides)
+        cfg = cfg if changed is None else dataclasses.replace(cfg, data=changed.data)
+        return evaluate_ponder(run_dir, cfg, method, split, max_frames, log)
     if multiview:
         return evaluate_novel_view_run(run_dir, cfg, method, split, max_frames, log, overrides, batch)
     changed = data_overrides(run_dir, overrides)
