@@ -65,8 +65,19 @@ Our choices where the paper and the official code are silent or where we differ:
 - Previews (cheap: no full-frame rendering): each scene's first frame, its depth, and the frame with the
   rendered colours painted at the sampled ray pixels (grey elsewhere) beside the targets at those pixels.
 - ``param_groups``: none (one optimiser group, as the official config).
-- Not yet here (clean hooks): the image branch (``models.volume.lift_image_features``), surfaces
-  (``render_volume`` gives the dense SDF a marching-cubes evaluation would read) and ``render_targets``.
+- Not yet here (clean hooks): surfaces (``render_volume`` gives the dense SDF a marching-cubes evaluation
+  would read) and ``render_targets``.
+
+Image branch (``encoder_architecture: resnet | vit``; PonderV2 Sec. 3.3, Eq. 10; the module docstring of
+``models.volume.image_volume`` states its choices): the K frames (rgb in [0, 1], optionally patch-masked,
+``image_mask_ratio``) -> ResNet (stages fused by 1x1 laterals at stride 4) or ViT (patch tokens, one 1x1
+projection) -> ``image_feature_dim`` channels per frame -> lifted into the same (X, Y, Z) grid by projecting
+the voxel centres into every frame (visible, in-frustum, averaged) -> the same UNet3D, field, rays and
+losses. The unit cube is fit to the frames' back-projected valid depth (every ``cube_pixel_stride``-th
+pixel): the supervising depth sets the scene's extent only. No scene cloud is loaded and no similarity
+augmentation is applied (a similarity of the world changes no image; the cube's normalisation undoes
+its scale); the point-branch fields (``sparse_unet``, ``grid_size``, ``input_mask``, ``augment``,
+``scene_cloud``) are unused. The 2D encoder is the exported product.
 """
 
 from __future__ import annotations
@@ -88,9 +99,14 @@ from ..data.text_embeddings import SEMANTIC_OFF_MESSAGE, load_class_embeddings
 from ..data.views import ViewSelectionConfig
 from ..errors import InputError
 from ..geometry import Cameras
+from ..models.encoders.resnet import ResNet, ResNetConfig
 from ..models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
+from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.sdf_field import SDFFieldConfig, VolumeSDFField
-from ..models.volume import UNIT_BOX, UNet3D, apply_to_cameras, apply_to_points, densify, scale_of, unit_cube_transforms
+from ..models.volume import (
+    IMAGE_ARCHITECTURES, UNIT_BOX, ImageVolume, UNet3D, apply_to_cameras, apply_to_points, densify, frames_unit_cube,
+    patch_mask, scale_of, unit_cube_transforms,
+)
 from ..render.volume import SingleVariance, ray_distance_from_z_depth, render_neus
 from ..typed_config import to_dict
 from .base import Method, MethodOutput, StepContext
@@ -100,6 +116,7 @@ IN_CHANNELS = 6  # colour (3) + normal (3)
 INPUT_MASKS = ("dropout", "block", "none")
 COLLIDER = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))  # PonderV2's AABB around the unit cube
 NEAR_MIN = 0.01  # PonderV2's collider near plane
+ARCHITECTURES = ("sparse_unet", *IMAGE_ARCHITECTURES)  # sparse_unet: the point branch; resnet | vit: the image branch
 
 
 def _default_sparse_unet() -> SparseUNetConfig:
@@ -150,7 +167,14 @@ class PonderSceneTransform:
 # ---- the config ----------------------------------------------------------------------------------
 @dataclass
 class PonderConfig:
+    encoder_architecture: str = "sparse_unet"  # sparse_unet (point branch) | resnet | vit (image branch)
     sparse_unet: SparseUNetConfig = dataclasses.field(default_factory=_default_sparse_unet)
+    resnet: ResNetConfig = dataclasses.field(default_factory=ResNetConfig)  # image branch: ResNet-50 at paper scale
+    vit: ViTConfig = dataclasses.field(default_factory=ViTConfig)  # image branch: ViT-B/16
+    image_feature_dim: int = 96  # image branch: fused per-frame features (the point branch's SparseUNet width)
+    cube_pixel_stride: int = 1  # image branch: every n-th pixel's valid depth fits the unit cube
+    image_mask_ratio: float = 0.3  # image branch: fraction of each frame's patches zeroed (UniPAD's MaskConvNeXt 0.3)
+    image_mask_patch: int = 32  # image branch: edge of a mask patch, pixels
     grid_size: float = 0.02  # grid sampling and the encoder's voxel edge (scene units, metres)
     input_mask: str = "dropout"  # dropout | block | none
     mask_ratio: float = 0.8  # dropout: fraction removed; block: fraction of blocks masked
@@ -174,6 +198,15 @@ class PonderConfig:
 
     def __post_init__(self):
         self.grid_shape = tuple(int(n) for n in self.grid_shape)
+        if self.encoder_architecture not in ARCHITECTURES:
+            raise InputError(f"ponder.encoder_architecture: {self.encoder_architecture!r} is not one of {list(ARCHITECTURES)}")
+        if self.resnet.in_chans != 3 or self.resnet.num_classes != 0 or self.vit.in_chans != 3:
+            raise InputError("ponder.resnet / ponder.vit: in_chans must be 3 (RGB) and resnet.num_classes 0")
+        if not 0.0 <= self.image_mask_ratio < 1.0:
+            raise InputError(f"ponder.image_mask_ratio: must lie in [0, 1), got {self.image_mask_ratio}")
+        for name in ("image_feature_dim", "cube_pixel_stride", "image_mask_patch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"ponder.{name}: must be >= 1, got {getattr(self, name)}")
         if self.input_mask not in INPUT_MASKS:
             raise InputError(f"ponder.input_mask: {self.input_mask!r} is not one of {list(INPUT_MASKS)}")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -200,6 +233,14 @@ class PonderConfig:
         # one voxel size for grid sampling and the encoder; the field reads the UNet3D's channels
         self.sparse_unet = dataclasses.replace(self.sparse_unet, grid_size=self.grid_size)
         self.field = dataclasses.replace(self.field, volume_channels=self.volume_channels)
+
+    @property
+    def image_branch(self) -> bool:
+        return self.encoder_architecture in IMAGE_ARCHITECTURES
+
+    @property
+    def encoder_cfg(self) -> SparseUNetConfig | ResNetConfig | ViTConfig:
+        return getattr(self, self.encoder_architecture)
 
     def transform(self) -> PonderSceneTransform:
         return PonderSceneTransform(self.augment, self.grid_size, self.input_mask, self.mask_ratio, self.mask_block)
@@ -262,27 +303,40 @@ class Ponder(Method):
         if embeddings is None and config.loss.semantic_weight > 0:
             warnings.warn(f"ponder: {SEMANTIC_OFF_MESSAGE}", stacklevel=2)
         field_cfg = dataclasses.replace(config.field, semantic_dim=0 if embeddings is None else embeddings.shape[1])
-        self.encoder = SparseUNet(config.sparse_unet)
-        self.mask_token = nn.Parameter(torch.empty(1, IN_CHANNELS)) if config.input_mask == "block" else None
+        self.encoder_architecture = config.encoder_architecture  # the export architecture of this instance
+        self.image_volume = None
+        if config.encoder_architecture == "resnet":
+            self.encoder = ResNet(config.resnet)
+            self.image_volume = ImageVolume("resnet", self.encoder.feature_channels, config.image_feature_dim, config.grid_shape)
+        elif config.encoder_architecture == "vit":
+            self.encoder = VisionTransformer(config.vit)
+            self.image_volume = ImageVolume("vit", self.encoder.embed_dim, config.image_feature_dim, config.grid_shape)
+        else:
+            self.encoder = SparseUNet(config.sparse_unet)
+        volume_in = config.image_feature_dim if config.image_branch else self.encoder.out_channels
+        block = config.input_mask == "block" and not config.image_branch
+        self.mask_token = nn.Parameter(torch.empty(1, IN_CHANNELS)) if block else None
         if self.mask_token is not None:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.projection = UNet3D(self.encoder.out_channels, config.volume_channels, config.unet_f_maps, config.unet_levels)
+        self.projection = UNet3D(volume_in, config.volume_channels, config.unet_f_maps, config.unet_levels)
         self.field = VolumeSDFField(field_cfg)
         self.variance = SingleVariance(config.variance_init)
         self.register_buffer("class_embeddings", embeddings, persistent=False)  # (K, D) or None
 
     @classmethod
     def sample_options(cls, config: PonderConfig) -> dict:
+        if config.image_branch:  # frames only: no cloud, no similarity augmentation
+            return {"views": config.views, "num_targets": 0}
         return {"views": config.views, "num_targets": 0, "scene_cloud": config.scene_cloud,
                 "transform": config.transform()}
 
     def encoder_config(self) -> dict:
-        return to_dict(self.config.sparse_unet)
+        return to_dict(self.config.encoder_cfg)
 
     # ---- inputs ----------------------------------------------------------------------------------
     @staticmethod
-    def check_batch(batch: dict) -> None:
-        for key in ("rgb", "depth", "K", "c2w", "cloud"):
+    def check_batch(batch: dict, cloud: bool = True) -> None:
+        for key in ("rgb", "depth", "K", "c2w", "cloud")[:5 if cloud else 4]:
             if key not in batch:
                 raise InputError(f"ponder: the batch has no {key!r} (multi-view samples with scene_cloud: rgb, depth, K, c2w, cloud)")
         rgb = batch["rgb"]
@@ -292,8 +346,7 @@ class Ponder(Method):
         if batch["depth"].shape != (B, V, 1, H, W) or batch["K"].shape != (B, V, 3, 3) or batch["c2w"].shape != (B, V, 4, 4):
             raise InputError(f"ponder: depth, K, c2w must be (B, V, 1, H, W), (B, V, 3, 3), (B, V, 4, 4) with B, V, H, W = "
                              f"{B, V, H, W}, got {tuple(batch['depth'].shape)}, {tuple(batch['K'].shape)}, {tuple(batch['c2w'].shape)}")
-        cloud = batch["cloud"]
-        if "offset" not in cloud or len(cloud["offset"]) != B:
+        if cloud and ("offset" not in batch["cloud"] or len(batch["cloud"]["offset"]) != B):
             raise InputError(f"ponder: batch['cloud'] must be packed clouds of the {B} scenes (points, colors, offset)")
 
     def point_features(self, cloud: dict) -> Tensor:
@@ -317,6 +370,26 @@ class Ponder(Method):
         points_unit = apply_to_points(points, batch, S)  # (N, 3)
         dense = densify(features, points_unit, batch, len(offset), self.config.grid_shape, UNIT_BOX)  # (B, 96, Z, Y, X)
         return self.projection(dense), S  # (B, C, Z, Y, X)
+
+    def feature_volume_from_images(self, batch: dict, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Image branch: the batch's frames -> (volume (B, C, Z, Y, X), unit-cube similarities S (B, 4, 4)).
+        With a ``generator`` the frames are patch-masked at ``image_mask_ratio``; without, nothing is masked."""
+        cfg = self.config
+        rgb = batch["rgb"]  # (B, V, 3, H, W)
+        B, V, _, H, W = rgb.shape
+        S = frames_unit_cube(batch["depth"], batch["K"], batch["c2w"], cfg.cube_pixel_stride, batch.get("scene"))  # (B, 4, 4)
+        c2w = apply_to_cameras(batch["c2w"].to(rgb.dtype), S.to(rgb.dtype))  # (B, V, 4, 4)
+        keep = None
+        if generator is not None and cfg.image_mask_ratio > 0:
+            keep = patch_mask(B * V, H, W, cfg.image_mask_patch, cfg.image_mask_ratio, generator).to(rgb.device)  # (B V, 1, H, W)
+        lifted = self.image_volume(self.encoder, rgb, batch["K"], c2w, keep)  # (B, C_img, Z, Y, X)
+        return self.projection(lifted), S  # (B, C, Z, Y, X)
+
+    def scene_volume(self, batch: dict, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The branch's feature volume and S of a checked batch (point cloud or frames)."""
+        if self.config.image_branch:
+            return self.feature_volume_from_images(batch, generator)
+        return self.feature_volume(batch["cloud"])
 
     def sample_rays(self, batch: dict, S: Tensor, generator: torch.Generator) -> RayBatch:
         """``rays_per_view`` valid-depth pixels per frame, as unit rays in the unit-cube frame with targets."""
@@ -359,8 +432,8 @@ class Ponder(Method):
 
     def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
-        self.check_batch(batch)
-        volume, S = self.feature_volume(batch["cloud"])  # (B, C, Z, Y, X), (B, 4, 4)
+        self.check_batch(batch, cloud=not self.config.image_branch)
+        volume, S = self.scene_volume(batch, generator)  # (B, C, Z, Y, X), (B, 4, 4)
         rays = self.sample_rays(batch, S, generator)
         out = self.render(volume, rays, generator)
         rgb, semantic = self.field.split_features(out.features)  # (R, 3), (R, D) or None
@@ -385,8 +458,8 @@ class Ponder(Method):
     @torch.no_grad()
     def render_volume(self, batch: dict) -> tuple[Tensor, Tensor]:
         """Hook for surfaces: the feature volume (B, C, Z, Y, X) and S (B, 4, 4) of a batch (no rays)."""
-        self.check_batch(batch)
-        return self.feature_volume(batch["cloud"])
+        self.check_batch(batch, cloud=not self.config.image_branch)
+        return self.scene_volume(batch)
 
     def preview_renders(self, batch: dict, rays: RayBatch, rgb: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) pictures of each scene's first frame: the frame, its depth, the rendered colours at
@@ -411,4 +484,4 @@ class Ponder(Method):
                 "rendered rays 0": painted(first), "target rays 0": painted(target)}
 
 
-__all__ = ["COLLIDER", "Ponder", "PonderConfig", "PonderSceneTransform", "RayBatch", "ray_aabb", "sample_ray_pixels"]
+__all__ = ["ARCHITECTURES", "COLLIDER", "Ponder", "PonderConfig", "PonderSceneTransform", "RayBatch", "ray_aabb", "sample_ray_pixels"]
