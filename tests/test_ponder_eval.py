@@ -172,3 +172,12 @@ def test_a_two_step_tiny_run_evaluates_end_to_end(tmp_path, monkeypatch):
     else:
         assert (tmp_path / "meshes" / f"{scene}.ply").is_file() and 0 <= entry["fscore"] <= 1
     assert result["novel_frames"]["psnr"] == pytest.approx(frames["psnr"])
+
+
+def test_render_targets_is_the_full_frame_renderer():
+    from renderssl.methods.base import Method
+    from renderssl.methods.ponder import Ponder
+
+    assert Ponder.render_targets is not Method.render_targets
+    cfg, method, batch = tiny(["data.width=16", "data.height=12"])
+    torch.testing.assert_close(method.render_targets(batch), render_target_frames(method, batch)[0])

@@ -65,8 +65,9 @@ Our choices where the paper and the official code are silent or where we differ:
 - Previews (cheap: no full-frame rendering): each scene's first frame, its depth, and the frame with the
   rendered colours painted at the sampled ray pixels (grey elsewhere) beside the targets at those pixels.
 - ``param_groups``: none (one optimiser group, as the official config).
-- Not yet here (clean hooks): surfaces (``render_volume`` gives the dense SDF a marching-cubes evaluation
-  would read) and ``render_targets``.
+- Evaluation (``renderssl evaluate``, ``eval.ponder_eval``): ``render_volume`` (the volume of a batch, no
+  rays) feeds the surfaces (marching cubes on the SDF) and ``render_targets`` (every pixel of the target
+  frames from a volume of the context frames alone).
 
 Image branch (``encoder_architecture: resnet | vit``; PonderV2 Sec. 3.3, Eq. 10; the module docstring of
 ``models.volume.image_volume`` states its choices): the K frames (rgb in [0, 1], optionally patch-masked,
@@ -460,6 +461,13 @@ class Ponder(Method):
         """Hook for surfaces: the feature volume (B, C, Z, Y, X) and S (B, 4, 4) of a batch (no rays)."""
         self.check_batch(batch, cloud=not self.config.image_branch)
         return self.scene_volume(batch)
+
+    def render_targets(self, batch: dict) -> Tensor:
+        """Novel views (:meth:`Method.render_targets`): every pixel of the frames after the ``num_context``
+        context frames, from a volume built from the context frames alone (``eval.ponder_eval``)."""
+        from ..eval.ponder_eval import render_target_frames
+
+        return render_target_frames(self, batch)[0]  # (B, T, 3, H, W)
 
     def preview_renders(self, batch: dict, rays: RayBatch, rgb: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) pictures of each scene's first frame: the frame, its depth, the rendered colours at
