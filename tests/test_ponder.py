@@ -11,6 +11,9 @@ import warnings
 import pytest
 import torch
 
+import _ponder_fixture as fixture
+from _ponder_fixture import SMALL, gen
+
 from renderssl.data.synthetic import CLASS_NAMES, generate_scene
 from renderssl.data.synthetic.config import SyntheticConfig
 from renderssl.errors import InputError
@@ -20,24 +23,11 @@ from renderssl.methods.ponder import COLLIDER, Ponder, PonderSceneTransform, ray
 from renderssl.models.volume import apply_to_points
 
 f64 = torch.float64
-SMALL = ["data.width=32", "data.height=24", "data.views=6", "data.train_scenes=2", "data.val_scenes=1",
-         "data.test_scenes=1", "train.progress=false"]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def tiny_setup(overrides=(), scenes: int = 2):
     """(method, collated batch of ``scenes`` samples) of the ponder_tiny preset at 32x24."""
-    from renderssl.experiment import build_method, load_experiment, pretraining_data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = load_experiment("ponder_tiny", [*SMALL, f"data.train_scenes={scenes}", *overrides])
-        model = build_method(cfg)
-    dataset, collate = pretraining_data(cfg)
-    return model, collate([dataset[i] for i in range(scenes)])
+    return fixture.tiny_setup("ponder_tiny", overrides, scenes)
 
 
 # ---- rays ----------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import warnings
 import pytest
 import torch
 
+from _ponder_fixture import SMALL, gen
+
 from renderssl.eval import ponder_eval
 from renderssl.eval.ponder_eval import (
     NO_SURFACE, PonderEvalTransform, context_views, render_target_frames, scene_mesh, unit_distance_to_z_metres,
@@ -21,14 +23,6 @@ from renderssl.geometry import Cameras
 from renderssl.models.volume import apply_to_cameras, apply_to_points, scale_of, unit_cube_transforms
 
 f64 = torch.float64
-SMALL = ["data.width=32", "data.height=24", "data.views=6", "data.train_scenes=2", "data.val_scenes=1",
-         "data.test_scenes=1", "train.progress=false"]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def tiny(overrides=()):
     """(config, method, one collated evaluation sample) of ponder_tiny at 32x24."""
     from renderssl.data.build import load_split

@@ -13,6 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+import _ponder_fixture as fixture
+from _ponder_fixture import SMALL, gen
+
 from renderssl.errors import InputError
 from renderssl.geometry import Cameras
 from renderssl.methods.base import StepContext
@@ -20,24 +23,11 @@ from renderssl.models.encoders.resnet import ResNet
 from renderssl.models.encoders.vit import VisionTransformer
 from renderssl.models.volume import ImageVolume, apply_to_points, frames_unit_cube, patch_mask, voxel_centres
 
-SMALL = ["data.width=32", "data.height=24", "data.views=6", "data.train_scenes=2", "data.val_scenes=1",
-         "data.test_scenes=1", "train.progress=false"]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def tiny_setup(overrides=(), scenes: int = 1):
     """(method, collated batch of ``scenes`` samples) of the ponder_images_tiny preset at 32x24."""
-    from renderssl.experiment import build_method, load_experiment, pretraining_data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = load_experiment("ponder_images_tiny", [*SMALL, f"data.train_scenes={max(scenes, 1)}", *overrides])
-        model = build_method(cfg)
-    dataset, collate = pretraining_data(cfg)
-    return model, collate([dataset[i] for i in range(scenes)])
+    return fixture.tiny_setup("ponder_images_tiny", overrides, scenes)
 
 
 # ---- lifting through ImageVolume -----------------------------------------------------------------

@@ -66,6 +66,7 @@ from ..data.datasets import MultiViewDataset, collate_stacked
 from ..data.points import grid_sample, select_points
 from ..errors import InputError
 from ..geometry import Cameras
+from ..methods.ponder import COLLIDER, NEAR_MIN, RayBatch, ray_aabb, sample_cloud
 from ..models.volume import apply_to_cameras, apply_to_points, scale_of
 from ..render.volume import z_depth_from_ray_distance
 from .metrics import psnr, ssim
@@ -93,11 +94,7 @@ class PonderEvalTransform:
     grid_size: float = 0.02
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        if "cloud" not in sample:
-            raise InputError(f"ponder evaluate: sample of scene {sample.get('scene')!r} has no 'cloud'")
-        cloud = dict(sample["cloud"])
-        if "normals" not in cloud:
-            cloud["normals"] = torch.zeros_like(cloud["points"])  # (N, 3)
+        cloud = sample_cloud(sample)
         cloud = select_points(cloud, grid_sample(cloud["points"], self.grid_size, mode="center"))
         return dict(sample, cloud=cloud)
 
@@ -139,7 +136,6 @@ def pixel_centres(H: int, W: int, dtype=torch.float32, device=None) -> Tensor:
 def render_rays(method, volume: Tensor, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
     """Rays (B n, 3) scene-major in the unit cube -> (rgb (B n, 3), ray distance (B n,)) rendered through
     ``volume`` (B, C, Z, Y, X) by ``method.render``, deterministically; missed rays give 0 and 0."""
-    from ..methods.ponder import COLLIDER, NEAR_MIN, RayBatch, ray_aabb
 
     near, far, hit = ray_aabb(origins, directions, *COLLIDER, NEAR_MIN)  # (B n,) each
     near = torch.where(hit, near, torch.full_like(near, NEAR_MIN))  # a dummy interval for missed rays
@@ -235,7 +231,6 @@ def default_resolution(grid_shape) -> int:
 def surface_box(points_unit: Tensor, spacing: float) -> tuple[Tensor, Tensor]:
     """The box (lo (3,), hi (3,)) of unit-cube points (N, 3), widened by MARGIN_SAMPLES x ``spacing`` per
     side and clipped to the collider."""
-    from ..methods.ponder import COLLIDER
 
     lo = (points_unit.amin(0).double() - MARGIN_SAMPLES * spacing).clamp_min(COLLIDER[0][0])  # (3,)
     hi = (points_unit.amax(0).double() + MARGIN_SAMPLES * spacing).clamp_max(COLLIDER[1][0])  # (3,)

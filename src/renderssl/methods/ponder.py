@@ -133,6 +133,16 @@ def _default_views() -> ViewSelectionConfig:
 
 
 # ---- the per-sample transform (Dataset side) ------------------------------------------------------
+def sample_cloud(sample: dict) -> dict:
+    """A copy of a multi-view sample's scene cloud, zero normals where it has none (6 input channels)."""
+    if "cloud" not in sample:
+        raise InputError(f"ponder: sample of scene {sample.get('scene')!r} has no 'cloud' (MultiViewDataset(scene_cloud=...))")
+    cloud = dict(sample["cloud"])
+    if "normals" not in cloud:
+        cloud["normals"] = torch.zeros_like(cloud["points"])  # (N, 3)
+    return cloud
+
+
 @dataclass
 class PonderSceneTransform:
     """PonderV2's data pipeline on one multi-view sample (picklable; ``MultiViewDataset(transform=...)``):
@@ -145,11 +155,7 @@ class PonderSceneTransform:
     mask_block: int = 8
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        if "cloud" not in sample:
-            raise InputError(f"ponder: sample of scene {sample.get('scene')!r} has no 'cloud' (MultiViewDataset(scene_cloud=...))")
-        cloud = dict(sample["cloud"])
-        if "normals" not in cloud:
-            cloud["normals"] = torch.zeros_like(cloud["points"])  # (N, 3)
+        cloud = sample_cloud(sample)
         cloud, _, T = augment_points(cloud, dataclasses.replace(self.augment, dropout_ratio=0.0), generator)
         cloud = select_points(cloud, grid_sample(cloud["points"], self.grid_size, mode="random", generator=generator))
         if self.input_mask == "dropout":
