@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from renderssl.methods.base import MethodOutput, StepContext
+
 SMALL = ["data.width=32", "data.height=24", "data.views=6", "data.train_scenes=2", "data.val_scenes=1",
          "data.test_scenes=1", "train.progress=false"]
 
@@ -24,3 +26,17 @@ def tiny_setup(preset: str, overrides=(), scenes: int = 2):
         model = build_method(cfg)
     dataset, collate = pretraining_data(cfg)
     return model, collate([dataset[i] for i in range(scenes)])
+
+
+def fit_fixed_batch(model, batch, steps: int, lr: float) -> tuple[list[float], list[float], MethodOutput]:
+    """Adam on one batch with the same rays every step -> (rgb L1 terms, depth L1 terms, last output)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rgb, depth = [], []
+    for _ in range(steps):
+        out = model(batch, StepContext(generator=gen(0), step=1))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        rgb.append(float(out.terms["rgb"]))
+        depth.append(float(out.terms["depth"]))
+    return rgb, depth, out

@@ -145,15 +145,7 @@ def test_a_frame_without_valid_depth_is_an_error_naming_the_scene():
 # ---- training ------------------------------------------------------------------------------------
 def test_a_tiny_run_on_one_scene_halves_rendered_rgb_and_depth_l1():
     model, batch = tiny_setup(["data.width=64", "data.height=48"], scenes=1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rgb, depth = [], []
-    for _ in range(40):
-        out = model(batch, StepContext(generator=gen(0), step=1))  # the same rays every step
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        rgb.append(float(out.terms["rgb"]))
-        depth.append(float(out.terms["depth"]))
+    rgb, depth, out = fixture.fit_fixed_batch(model, batch, steps=40, lr=3e-3)
     assert min(rgb[-3:]) <= 0.5 * rgb[0], rgb
     assert min(depth[-3:]) <= 0.5 * depth[0], depth
     assert out.rendered_pixels == 3 * 64 and out.renders["rendered rays 0"].shape == (1, 3, 48, 64)

@@ -116,15 +116,7 @@ def test_the_image_branch_needs_no_cloud_and_gets_gradient_into_every_resnet_par
 
 def test_a_tiny_run_on_one_scene_halves_rendered_rgb_and_depth_l1():
     model, batch = tiny_setup(["data.width=64", "data.height=48"])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rgb, depth = [], []
-    for _ in range(50):
-        out = model(batch, StepContext(generator=gen(0), step=1))  # the same rays every step
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        rgb.append(float(out.terms["rgb"]))
-        depth.append(float(out.terms["depth"]))
+    rgb, depth, out = fixture.fit_fixed_batch(model, batch, steps=50, lr=1e-3)
     assert min(rgb[-3:]) <= 0.5 * rgb[0], rgb
     assert min(depth[-3:]) <= 0.5 * depth[0], depth
 
