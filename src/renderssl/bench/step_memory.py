@@ -43,7 +43,7 @@ from ..experiment import RECIPES, ExperimentConfig, build_method, load_experimen
 from ..methods.base import StepContext
 from ..train.optim import build_optimizer
 from ..train.trainer import move_to_device
-from .memory import PeakMemory, use_mmap_for_large_blocks
+from .memory import PeakMemory, synchronize, use_mmap_for_large_blocks
 
 
 @dataclass
@@ -126,7 +126,7 @@ def bench_config(preset: str, overrides: list[str], scratch: Path) -> tuple[Expe
 def first_batch(cfg: ExperimentConfig) -> dict:
     dataset, collate = pretraining_data(cfg)
     if len(dataset) < cfg.train.batch_size:
-        raise ValueError(f"{cfg.method}: {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
+        raise InputError(f"bench memory: {cfg.method} has {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
     samples = [dataset[i] for i in range(cfg.train.batch_size)]
     return (collate or default_collate)(samples)
 
@@ -153,8 +153,7 @@ def measure_step_memory(preset: str, overrides: list[str] = (), device: str = "c
         with PeakMemory(device) as peak:
             start = time.perf_counter()
             pixels = step(i + 2)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             seconds.append(time.perf_counter() - start)
         peaks.append(peak.bytes)
     H, W = cfg.data.height, cfg.data.width
