@@ -66,7 +66,7 @@ from ..data.datasets import MultiViewDataset, collate_stacked
 from ..data.points import grid_sample, select_points
 from ..errors import InputError
 from ..geometry import Cameras
-from ..methods.ponder import COLLIDER, NEAR_MIN, RayBatch, ray_aabb, sample_cloud
+from ..methods.ponder import COLLIDER, RayBatch, collider_bounds, sample_cloud
 from ..models.volume import apply_to_cameras, apply_to_points, scale_of
 from ..render.volume import z_depth_from_ray_distance
 from .metrics import psnr, ssim
@@ -136,10 +136,7 @@ def pixel_centres(H: int, W: int, dtype=torch.float32, device=None) -> Tensor:
 def render_rays(method, volume: Tensor, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
     """Rays (B n, 3) scene-major in the unit cube -> (rgb (B n, 3), ray distance (B n,)) rendered through
     ``volume`` (B, C, Z, Y, X) by ``method.render``, deterministically; missed rays give 0 and 0."""
-
-    near, far, hit = ray_aabb(origins, directions, *COLLIDER, NEAR_MIN)  # (B n,) each
-    near = torch.where(hit, near, torch.full_like(near, NEAR_MIN))  # a dummy interval for missed rays
-    far = torch.where(hit, far, near + 1.0)
+    near, far, hit = collider_bounds(origins, directions)  # (B n,) each
     empty = origins.new_zeros(0)
     rays = RayBatch(origins, directions, near, far, hit, empty, empty, None, empty)
     out = method.render(volume, rays, None, stratified=False)

@@ -254,6 +254,14 @@ class PonderConfig:
 
 
 # ---- rays ----------------------------------------------------------------------------------------
+def collider_bounds(rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """near, far, hit (R,) of rays (R, 3) against PonderV2's collider; a ray that misses it gets the dummy
+    interval [NEAR_MIN, NEAR_MIN + 1] (the batch stays rectangular) and is left out by its ``hit``."""
+    near, far, hit = ray_aabb(rays_o, rays_d, *COLLIDER, NEAR_MIN)  # (R,) each
+    near = torch.where(hit, near, torch.full_like(near, NEAR_MIN))
+    return near, torch.where(hit, far, near + 1.0), hit
+
+
 def ray_aabb(rays_o: Tensor, rays_d: Tensor, lo, hi, near_min: float = NEAR_MIN) -> tuple[Tensor, Tensor, Tensor]:
     """Slab intersection of rays (R, 3) with the box [lo, hi] -> near (R,) (>= near_min), far (R,), hit (R,)
     bool (far > near: the ray meets the box in front of near_min). Missed rays keep near/far as computed."""
@@ -415,9 +423,7 @@ class Ponder(Method):
         c2w = apply_to_cameras(batch["c2w"].to(rgb.dtype), S.to(rgb.dtype))  # (B, V, 4, 4)
         origins, directions = Cameras(batch["K"].to(rgb.dtype), c2w, W, H).rays_at(uv, normalize=True)  # (B, V, R, 3) each
         origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)  # (B V R, 3)
-        near, far, hit = ray_aabb(origins, directions, *COLLIDER, NEAR_MIN)  # (B V R,) each
-        near = torch.where(hit, near, torch.full_like(near, NEAR_MIN))  # missed rays: a dummy interval, no loss
-        far = torch.where(hit, far, near + 1.0)
+        near, far, hit = collider_bounds(origins, directions)  # (B V R,) each
         flat = pixels.reshape(B, V * R)  # (B, V R) per frame's pixel
         frame = torch.arange(V, device=rgb.device).repeat_interleave(R)[None]  # (1, V R)
         scenes = torch.arange(B, device=rgb.device)[:, None]  # (B, 1)
