@@ -89,17 +89,22 @@ def test_entries_default_tasks_and_unique_names(tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
-def test_point_encoders_bring_their_input_features(tmp_path):
-    from renderssl.compare import encoder_point_features
+def test_point_encoders_of_different_input_features_each_get_their_own(tmp_path):
+    """A colour encoder (3 channels) and a colour + normal one (6) fine-tune side by side; the scratch
+    baseline copies the first; an architecture spec takes ``downstream.points.features``."""
+    from renderssl.eval.tasks import DownstreamConfig, PointTaskConfig
     from renderssl.models.encoders.pointnet2 import PointNet2, PointNet2Config
 
     def point_encoder(name, channels):
         cfg = PointNet2Config(preset="small", in_channels=channels)
         return export_encoder(PointNet2(cfg), "pointnet2", cfg, tmp_path / name, pretraining={"method": name, "data": to_dict(DATA)})
 
-    rgb, rgb_normal, vit = point_encoder("rgb", 3), point_encoder("rgbn", 6), exported(tmp_path, "vit", DATA)
-    assert encoder_point_features([str(vit), str(rgb)]) == "color"
-    assert encoder_point_features([str(rgb_normal)]) == "color_normal"
-    assert encoder_point_features([str(vit)]) is None
-    with pytest.raises(InputError, match="different input features"):
-        encoder_point_features([str(rgb), str(rgb_normal)])
+    rgb, rgb_normal = point_encoder("rgb", 3), point_encoder("rgbn", 6)
+    ds = DownstreamConfig(steps=1, batch_size=2, warmup=0, device="cpu",
+                          points=PointTaskConfig(features="color", grid_size=0.1, max_points=2000))
+    cfg = CompareConfig(encoders=[str(rgb), str(rgb_normal)], architectures=["pointnet2:small"], fractions=[1.0], seeds=1,
+                        data=DATA, downstream=ds, out_dir=str(tmp_path / "cmp"))
+    results = run_compare(cfg, log=lambda s: None)["tasks"]["segmentation3d"]
+    assert results["point_features"] == {"rgb": "color", "rgbn": "color_normal", "scratch": "color", "pointnet2:small (scratch)": "color"}
+    assert all(0.0 <= v["1.0"][0] <= 1.0 for v in results["runs"].values())
+    assert "rgbn: color_normal" in (tmp_path / "cmp" / "comparison.md").read_text()

@@ -13,7 +13,7 @@ BASE = [p for p in presets() if p.endswith("_base")]
 
 
 def test_there_are_base_presets_of_every_recipe():
-    assert {"gmae_base", "mae_base", "mask3d_base", "gs3_rgbd_base", "gs3_rgb_base", "ponder_base"} <= set(BASE)
+    assert {"gmae_base", "mae_base", "mask3d_base", "gs3_rgbd_base", "gs3_rgb_base", "ponder_base", "ponder_images_base"} <= set(BASE)
 
 
 @pytest.mark.parametrize("preset", BASE)

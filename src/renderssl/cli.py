@@ -204,7 +204,7 @@ def _finetune(args) -> None:
 
 
 def _compare(args) -> None:
-    from .compare import CompareConfig, encoder_point_features, run_compare
+    from .compare import CompareConfig, run_compare
     from .train.config import apply_overrides, from_dict
 
     encoders = [a for a in args.items if "=" not in a]
@@ -215,9 +215,6 @@ def _compare(args) -> None:
         "tasks": [t for t in args.tasks.split(",") if t], "fractions": [float(f) for f in args.fractions.split(",") if f],
         "scratch": not args.no_scratch, "out_dir": args.out,
     }
-    features = encoder_point_features(encoders)  # the point encoders' own input features; an override wins
-    if features is not None:
-        data["downstream"] = {"points": {"features": features}}
     run_compare(from_dict(CompareConfig, apply_overrides(data, overrides), "compare"))
 
 

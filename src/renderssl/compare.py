@@ -21,16 +21,17 @@ Choices:
 * The scratch baseline is the architecture and config of the first encoder of each family, named
   ``scratch`` when the encoders are of one family, else ``scratch (<architecture>)``.
 * Entry names must be unique (``names`` gives labels when two encoders share a recipe).
-* Point encoders get the input features their ``in_channels`` take (``color`` for 3, ``color_normal``
-  for 6; :func:`encoder_point_features`) unless ``downstream.points.features`` is given; the scratch
-  entries get the same.
+* Each point encoder is fed the input features its ``in_channels`` take (``color`` for 3,
+  ``color_normal`` for 6), and its scratch baseline the same; encoders of different input features can
+  be compared (a GS³ encoder of RGB points beside a PonderV2 one of colour + normal points).
+  ``downstream.points.features`` is what the ``architectures`` specs are fed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -105,25 +106,34 @@ def summarise(values: list[float]) -> tuple[float, float, int]:
 
 @dataclass
 class Entry:
-    """One line of the comparison: a label, a factory of fresh encoders, and their architecture."""
+    """One line of the comparison: a label, a factory of fresh encoders, their architecture and, for
+    point encoders, the input features they take (None: ``downstream.points.features``)."""
 
     name: str
     factory: Callable
     architecture: str
+    point_features: str | None = None
+
+    def downstream(self, ds: DownstreamConfig) -> DownstreamConfig:
+        """``ds`` with this entry's input features."""
+        if self.point_features is None or self.point_features == ds.points.features:
+            return ds
+        return replace(ds, points=replace(ds.points, features=self.point_features))
 
 
 def build_entries(cfg: CompareConfig, encoders: list[Path]) -> list[Entry]:
     """The encoders, the scratch baselines (first encoder of each family) and the scratch specs."""
     infos = [read_encoder_info(p) for p in encoders]
     names = cfg.names or [str((info.get("pretraining") or {}).get("method", p.name)) for info, p in zip(infos, encoders)]
-    entries = [Entry(name, encoder_factory(path), info["architecture"]) for name, path, info in zip(names, encoders, infos)]
+    entries = [Entry(name, encoder_factory(path), info["architecture"], point_features_of(info))
+               for name, path, info in zip(names, encoders, infos)]
     if cfg.scratch:
-        first = {}  # family -> (path, architecture) of its first encoder
+        first = {}  # family -> (path, info) of its first encoder
         for path, info in zip(encoders, infos):
-            first.setdefault(architecture_family(info["architecture"]), (path, info["architecture"]))
-        for path, architecture in first.values():
-            name = "scratch" if len(first) == 1 else f"scratch ({architecture})"
-            entries.append(Entry(name, encoder_factory(path, scratch=True), architecture))
+            first.setdefault(architecture_family(info["architecture"]), (path, info))
+        for path, info in first.values():
+            name = "scratch" if len(first) == 1 else f"scratch ({info['architecture']})"
+            entries.append(Entry(name, encoder_factory(path, scratch=True), info["architecture"], point_features_of(info)))
     point_fields = {"in_channels": cfg.downstream.points.in_channels}
     for spec in cfg.architectures:
         architecture = spec.split(":")[0]
@@ -137,18 +147,16 @@ def build_entries(cfg: CompareConfig, encoders: list[Path]) -> list[Entry]:
     return entries
 
 
-def encoder_point_features(encoders: list[str]) -> str | None:
-    """The ``downstream.points.features`` the point encoders among ``encoders`` take (from their
-    ``in_channels``, as ``renderssl finetune`` does); None without point encoders. Two point encoders of
-    different input channels are an error: one comparison feeds every entry the same features."""
-    found = {}
-    for path in encoders:
-        info = read_encoder_info(resolve_encoder(path))
-        if architecture_family(info["architecture"]) == "points":
-            found[str(path)] = features_for_channels(info["config"].get("in_channels"))
-    if len(set(found.values())) > 1:
-        raise InputError(f"compare: the point encoders take different input features ({found}); compare them separately")
-    return next(iter(found.values()), None)
+def point_features_of(info: dict) -> str | None:
+    """The ``downstream.points.features`` an exported point encoder takes (from its ``in_channels``, as
+    ``renderssl finetune`` does); None for image encoders."""
+    if architecture_family(info["architecture"]) != "points":
+        return None
+    channels = info["config"].get("in_channels")
+    features = features_for_channels(channels)
+    if features is None:
+        raise InputError(f"compare: no point features give {channels} input channels; expected 3 (color) or 6 (color_normal)")
+    return features
 
 
 def architecture_family_or_none(architecture: str) -> str | None:
@@ -181,16 +189,19 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
                 ds = from_dict(DownstreamConfig, {**to_dict(cfg.downstream), "task": task, "label_fraction": fraction, "seed": seed})
                 for entry in task_entries:
                     name = entry.name
-                    metrics = run_on_splits(entry.factory, train_all, test, ds, cache)["metrics"]
+                    metrics = run_on_splits(entry.factory, train_all, test, entry.downstream(ds), cache)["metrics"]
                     value = metrics[key]
                     runs[name][fraction].append(value)
                     scores[name][str(fraction)].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     log(f"{task} {100 * fraction:g}% labels seed {seed} {name}: {key} {value:.4f} ({time.perf_counter() - start:.0f} s)")
         rows = {name: {f: summarise(v) for f, v in by_f.items()} for name, by_f in runs.items()}
-        results["tasks"][task] = {"metric": key, "entries": names,
+        features = {e.name: e.downstream(cfg.downstream).points.features for e in task_entries
+                    if architecture_family(e.architecture) == "points"}
+        results["tasks"][task] = {"metric": key, "entries": names, "point_features": features,
                                   "runs": {n: {str(f): v for f, v in r.items()} for n, r in runs.items()},
                                   "all_metrics": scores}
-        report.append(markdown_table(rows, cfg.fractions, label))
+        inputs = ", ".join(f"{name}: {f}" for name, f in features.items())
+        report.append(markdown_table(rows, cfg.fractions, label) + (f"\nPoint input features: {inputs}.\n" if inputs else ""))
         plot_metric(rows, cfg.fractions, label, out / f"{task}.png")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -65,6 +65,10 @@ Our choices where the paper and the official code are silent or where we differ:
 - Previews (cheap: no full-frame rendering): each scene's first frame, its depth, and the frame with the
   rendered colours painted at the sampled ray pixels (grey elsewhere) beside the targets at those pixels.
 - ``param_groups``: none (one optimiser group, as the official config).
+- Validation (``train.val_every``) scores the pretraining objective: val samples are augmented and masked
+  like training ones, from each sample's fixed generator (the same samples at every validation, new
+  rays), so the val loss compares with the training loss; the unmasked reconstruction of held-out scenes
+  is the evaluation.
 - Evaluation (``renderssl evaluate``, ``eval.ponder_eval``): ``render_volume`` (the volume of a batch, no
   rays) feeds the surfaces (marching cubes on the SDF) and ``render_targets`` (every pixel of the target
   frames from a volume of the context frames alone).
