@@ -445,3 +445,36 @@ def test_datasets_with_set_epoch_see_each_epoch_in_persistent_workers(tmp_path):
     method.register_forward_pre_hook(lambda m, args: seen.append(float(args[0]["x"][0, 0])))
     Trainer(method, EpochViews(), train, optim, num_workers=2).fit()
     assert seen == [0, 0, 1, 1, 2, 2]  # 2 batches per epoch, 3 epochs
+
+
+class StepViews(torch.utils.data.Dataset):
+    """Records, per sample, the training step (and total) the dataset was told when it read it."""
+
+    def __init__(self):
+        self.step, self.total = 0, 0
+
+    def set_step(self, step, total_steps):
+        self.step, self.total = step, total_steps
+
+    def __len__(self):
+        return 10  # 2 micro-batches of 4 per epoch; the last 2 samples of each epoch are dropped
+
+    def __getitem__(self, i):
+        x = torch.tensor([float(self.step), float(self.total)] * 4)
+        return {"x": x, "y": torch.zeros(3, fx.SIDE, fx.SIDE)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_datasets_with_set_step_see_the_step_that_consumes_each_sample(tmp_path, workers):
+    """Micro-batches of 4 with 3 accumulated per step across epochs of 2 micro-batches: every sample of a
+    step's micro-batches was read knowing that step, and a resumed run goes on counting."""
+    args = ["batch_size=4", "accumulate=3", "log_every=100", "ckpt_every=2", "preview_every=100"]
+    train, optim, cfg = fx.parse(tmp_path, ["steps=2", *args])
+    seen = []
+    method = fx.RegressionMethod(cfg)
+    method.register_forward_pre_hook(lambda m, a: seen.append(a[0]["x"][:, :2].tolist()))
+    Trainer(method, StepViews(), train, optim, num_workers=workers).fit()
+    train, optim, cfg = fx.parse(tmp_path, ["steps=4", *args])
+    Trainer(method, StepViews(), train, optim, num_workers=workers).fit(resume=True)
+    steps = [{tuple(row) for row in micro} for micro in seen]
+    assert steps == [{(1.0, 2.0)}] * 3 + [{(2.0, 2.0)}] * 3 + [{(3.0, 4.0)}] * 3 + [{(4.0, 4.0)}] * 3

@@ -6,9 +6,11 @@ read. :class:`SkipUnreadable` wraps a Dataset: when reading index ``i`` raises a
 :class:`~renderssl.errors.InputError` (the readers' error, which names the file and the problem), the
 sample is replaced by the next readable one (``i + 1``, ``i + 2``, ... wrapping around), so a batch
 keeps its size and a run stays a pure function of its seed; each item is ``(sample, [problems])``.
-:class:`SkippingCollate` batches such items into ``(batch, [problems])``. An index may come as ``(epoch,
-index)`` (:class:`EpochIndices`): a Dataset with ``set_epoch`` (samples that draw new views each epoch)
-is told the epoch in whichever process reads it, so persistent DataLoader workers follow the epochs. The trainer collects the
+:class:`SkippingCollate` batches such items into ``(batch, [problems])``. An index may come as a
+:class:`SampleKey` ``(epoch, index, step, total_steps)`` (:class:`EpochIndices`): a Dataset with
+``set_epoch`` (samples that draw new views each epoch) is told the epoch, and one with ``set_step`` the
+training step that will consume the sample (a curriculum over training, such as NPS's source views), in
+whichever process reads it, so persistent DataLoader workers follow both. The trainer collects the
 problems (every rank's), writes each new one to the log once, lists them in the run summary, and stops
 when the distinct unreadable samples exceed ``data.max_bad_fraction`` of the dataset.
 """
@@ -16,6 +18,7 @@ when the distinct unreadable samples exceed ``data.max_bad_fraction`` of the dat
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch.utils.data import Dataset, Sampler, default_collate
 
@@ -28,6 +31,16 @@ class UnreadableDataError(InputError):
     """Too many samples could not be read; the message names them."""
 
 
+class SampleKey(NamedTuple):
+    """A sample's index with the epoch it is read in and the training step (1-based, of ``total_steps``)
+    that consumes it; step and total_steps are None where no training step applies."""
+
+    epoch: int | None
+    index: int
+    step: int | None = None
+    total_steps: int | None = None
+
+
 class SkipUnreadable(Dataset):
     """``dataset`` whose items are ``(sample, problems)``: unreadable samples replaced by the next one."""
 
@@ -37,10 +50,13 @@ class SkipUnreadable(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        epoch, idx = key if isinstance(key, tuple) else (None, key)
-        if epoch is not None and hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
+    def __getitem__(self, key: int | tuple):
+        key = SampleKey(*key) if isinstance(key, tuple) else SampleKey(None, key)
+        idx = key.index
+        if key.epoch is not None and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(key.epoch)
+        if key.step is not None and hasattr(self.dataset, "set_step"):
+            self.dataset.set_step(key.step, key.total_steps)
         problems: list[str] = []
         n = len(self.dataset)
         for k in range(min(n, MAX_CONSECUTIVE)):
@@ -52,14 +68,24 @@ class SkipUnreadable(Dataset):
 
 
 class EpochIndices(Sampler):
-    """``sampler``'s indices as ``(sampler.epoch, index)`` pairs."""
+    """``sampler``'s indices as :class:`SampleKey`s: the epoch, and the step that consumes each sample.
 
-    def __init__(self, sampler):
-        self.sampler = sampler
+    The DataLoader groups the indices into micro-batches of ``batch_size`` (the last incomplete one of an
+    epoch dropped) and a step takes ``accumulate`` micro-batches, so the k-th index of an epoch that starts
+    after ``m`` consumed micro-batches belongs to step ``(m + k // batch_size) // accumulate + 1``.
+    ``micro_batches_done``: those consumed before the first epoch read (a resumed run's steps x accumulate).
+    The count lives in the process that iterates the sampler (the DataLoader's main process)."""
+
+    def __init__(self, sampler, batch_size: int = 1, accumulate: int = 1, micro_batches_done: int = 0,
+                 total_steps: int | None = None):
+        self.sampler, self.batch_size, self.accumulate = sampler, int(batch_size), int(accumulate)
+        self.micro_batches, self.total_steps = int(micro_batches_done), total_steps
 
     def __iter__(self):
-        epoch = self.sampler.epoch
-        return ((epoch, i) for i in self.sampler)
+        epoch, start, size = self.sampler.epoch, self.micro_batches, self.batch_size
+        self.micro_batches = start + len(self.sampler) // size  # the full micro-batches of this epoch
+        return (SampleKey(epoch, i, (start + k // size) // self.accumulate + 1, self.total_steps)
+                for k, i in enumerate(self.sampler))
 
     def __len__(self) -> int:
         return len(self.sampler)

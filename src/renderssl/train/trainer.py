@@ -248,7 +248,7 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config_dict, sort_keys=False))
 
         self.model = self._wrap(method, ctx)
-        batches = self._batches(sampler, ctx)
+        batches = self._batches(sampler, ctx, counters.step)
         logger = TrainLogger(self.out_dir, enabled=ctx.is_main, start_step=counters.step, total_steps=train.steps, progress=train.progress)
         try:
             with logger:
@@ -273,12 +273,15 @@ class Trainer:
         unused = bool(getattr(method, "ddp_find_unused_parameters", False))
         return DistributedDataParallel(method, device_ids=device_ids, find_unused_parameters=unused)
 
-    def _batches(self, sampler: ResumableDistributedSampler, ctx: DistContext) -> Iterator:
+    def _batches(self, sampler: ResumableDistributedSampler, ctx: DistContext, steps_done: int) -> Iterator:
         """Endless ``(batch on the device, unreadable samples)``, rolling over epochs (``sampler.set_epoch``)."""
+        train = self.train
+        # the epoch and each sample's step reach Datasets with set_epoch / set_step in persistent workers
+        keys = EpochIndices(sampler, train.batch_size, train.accumulate, steps_done * train.accumulate, train.steps)
         loader = DataLoader(
             SkipUnreadable(self.dataset),
             batch_size=self.train.batch_size,
-            sampler=EpochIndices(sampler),  # the epoch reaches Datasets with set_epoch in persistent workers
+            sampler=keys,
             drop_last=True,
             collate_fn=SkippingCollate(self.collate_fn),
             num_workers=self.num_workers,
