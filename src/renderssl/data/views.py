@@ -32,13 +32,56 @@ Selectors
   whose camera centres are nearest the target's (target excluded; ties broken by the lower index), then
   ``num_select`` of them at random without repeats. GNT's randomisation of both counts (candidates
   ``min(10 f, 22)`` with f in {1, 2, 3}; ``10 + U{-2..2}`` views) and its 0.5% chance of using the target
-  itself belong to the caller (NPS's curriculum), not here. ``num_candidates`` larger than the V - 1
+  itself belong to :func:`select_source_views` ("Source views" below), not here. ``num_candidates`` larger than the V - 1
   other views is clamped to V - 1 (as IBRNet's ``min(num_select, num_cams)``); ``num_select`` above the
   candidates raises.
 
 - :func:`select_targets` (extra target views beside the pair, ``ViewSelectionConfig.targets``): "random"
   (any other frames; pretraining's default) or "between" (frames strictly between an interval pair, as
   pixelSplat evaluates interpolated targets; ``renderssl evaluate``'s novel views).
+
+Source views (GNT, and NPS's hardness-aware curriculum; issue 13)
+- GNT's sampler (IBRNet's ``ibrnet_collected.py``, kept by GNT; VERIFIED in the public code): for a target
+  view, f in {1, 2, 3} is drawn with p = [0.2, 0.45, 0.35]; the candidates are the ``min(10 f, 22)`` other
+  views nearest the target by camera-centre distance; ``10 + U{-2..2}`` of them are drawn at random
+  without repeats (fewer when the candidates are fewer: GNT's ``min(num_select, len(candidates))``); with
+  probability 0.005 one of them is replaced by the target itself. Here that last chance is
+  ``SourceViewCurriculum.include_target_prob``, default 0 (our choice: the issue requires the selector
+  never to return the target; set 0.005 for GNT's behaviour). :func:`views_by_distance` ranks the other
+  views (nearest first, ties by the lower index), :func:`select_source_views` draws.
+- NPS's hardness-aware curriculum (NPS Sec. 3.2, Fig. 4). NPS publishes no code: what follows is this
+  project's reconstruction from the paper's three sentences, every number below "our choice" unless the
+  paper gives it. One hardness h in [0, 1] follows training progress p = step / total_steps (the engine's
+  1-based step, as ``StepContext.progress``): h = 0 for p < ``warmup`` (default 0), then over ``ramp``
+  (default 1, the whole run) t = (p - warmup) / ramp goes through ``schedule``: "linear" h = t (default),
+  "cosine" h = (1 - cos(pi t)) / 2, "step" h = floor(t * stages) / (stages - 1) capped at 1 (``stages`` = 4
+  levels 0, 1/3, 2/3, 1); h = 1 after the ramp (warmup + ramp <= 1, so the last step is the hardest). The
+  three strategies share h and each is switched on separately; all off is GNT's sampler exactly.
+    * ``fewer_views`` ("gradually decreasing source views", NPS: from GNT's 10 to "as few as 2"): the
+      count's centre is c = round(views_start + h (views_end - views_start)) (10 -> 2) and the count is
+      uniform in c +- j with j = min(jitter, c - views_end): GNT's +-2 jitter shrinks near the end so the
+      count never goes below ``views_end`` and stays symmetric about c (at h = 1 exactly ``views_end``).
+      Off: c = ``views_start`` and j = min(jitter, c - 1). The candidate window keeps GNT's size
+      min(views_start f, 22) (tied to ``views_start``, not to the current count), so this strategy changes
+      only the count.
+    * ``farther_views`` ("gradually increasing view distance", distance between camera locations): the
+      candidate window, a run of ranks in the distance order, starts at rank round(h max_offset_fraction
+      (F - 1)) instead of 0 (moved back so the window fits inside the F - 1 other views). Default
+      ``max_offset_fraction`` = 0.5: at the end the window starts at the median distance (far views that
+      still tend to share the scene with the target; 1.0 would give the farthest views, the far side of
+      a 360-degree capture).
+    * ``uniform_sampling`` ("non-regular sampling of source views ... a uniform sampling strategy"): with
+      probability u = h ``uniform_prob_end`` the window is all F - 1 other views. Default
+      ``uniform_prob_end`` = 0.5: to the end, half the samples keep the structured window, the
+      arrangement evaluation uses (nearest source views).
+- Counts and batches: :func:`draw_view_count` draws one count from a :class:`SourceViewPolicy`
+  (:func:`curriculum_at`); :func:`step_view_count` draws it from a generator seeded by (seed, step) only,
+  so every sample of a step draws the same count in any worker and a batch stays rectangular. With an
+  explicit ``count``, :func:`select_source_views` returns exactly ``count`` views, widening a shorter
+  window to ``count`` ranks (our choice; GNT would return fewer); ``count`` above the F - 1 other views is
+  an InputError (a rectangular batch cannot be kept by clamping). Without ``count`` the drawn count is
+  clamped to the window as in GNT. :func:`select_target_and_sources` gives a sample's views: the sources,
+  then the target (uniform among the F views unless given).
 
 All indices are int64 tensors on the CPU. Overlaps are computed batched: every (a, b) of a scene at once,
 in chunks of reference views bounded by ``max_elements`` tested (pixel, view) pairs (default 2^20; the
@@ -47,6 +90,7 @@ intermediates take about 200 bytes per element in float64, so about 200 MB at mo
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -369,8 +413,260 @@ def select_context(config: ViewSelectionConfig, num_frames: int, generator: torc
                             stride=config.stride, rel_tol=config.rel_tol, strict=config.strict)
 
 
+# ---- GNT's source views and NPS's hardness-aware curriculum -----------------------------------------
+GNT_NUM_SOURCE_VIEWS = 10  # GNT's num_source_views (gnt_full.txt)
+GNT_COUNT_JITTER = 2  # GNT: num_source_views + U{-2..2}
+GNT_FACTOR_PROBS = (0.2, 0.45, 0.35)  # GNT: candidate factor f in {1, 2, 3}
+GNT_MAX_CANDIDATES = 22  # GNT: min(num_source_views * f, 22) candidates
+GNT_INCLUDE_TARGET_PROB = 0.005  # GNT's chance of swapping the target itself in (ours defaults to 0)
+CURRICULUM_SCHEDULES = ("linear", "cosine", "step")  # SourceViewCurriculum.schedule
+
+
+def _check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+        raise InputError(f"{name}: expected a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+@dataclass
+class SourceViewCurriculum:
+    """GNT's source-view sampler and NPS's three hardness strategies (module docstring, "Source views").
+
+    All three strategies off (the default) is GNT's sampler. ``views_start``: GNT's ``num_source_views``
+    (the count's centre throughout when ``fewer_views`` is off); ``jitter``: GNT's U{-2..2}; the candidate
+    window holds ``min(views_start * f, max_candidates)`` views with f = 1 + index drawn from
+    ``factor_probs``; ``include_target_prob``: GNT's chance (0.005) of swapping the target in, 0 here.
+    ``fewer_views`` (count centre ``views_start`` -> ``views_end``), ``farther_views`` (the window starts
+    at rank ``hardness * max_offset_fraction * (F - 1)``), ``uniform_sampling`` (probability
+    ``hardness * uniform_prob_end`` of drawing among all other views) follow one hardness schedule
+    (``schedule`` "linear" | "cosine" | "step" with ``stages`` levels; ``warmup`` and ``ramp`` as
+    fractions of training)."""
+
+    views_start: int = GNT_NUM_SOURCE_VIEWS
+    jitter: int = GNT_COUNT_JITTER
+    factor_probs: tuple[float, ...] = GNT_FACTOR_PROBS
+    max_candidates: int = GNT_MAX_CANDIDATES
+    include_target_prob: float = 0.0
+    fewer_views: bool = False
+    views_end: int = 2  # NPS: "as few as 2 source views"
+    farther_views: bool = False
+    max_offset_fraction: float = 0.5  # our choice
+    uniform_sampling: bool = False
+    uniform_prob_end: float = 0.5  # our choice
+    schedule: str = "linear"
+    warmup: float = 0.0  # our choice: the ramp starts at step 0
+    ramp: float = 1.0  # our choice: hardest only at the last step
+    stages: int = 4  # schedule "step": levels 0, 1/3, 2/3, 1 (our choice)
+
+    def __post_init__(self):
+        p = "SourceViewCurriculum."
+        _check_positive_int(p + "views_start", self.views_start)
+        _check_positive_int(p + "jitter", self.jitter, minimum=0)
+        _check_positive_int(p + "max_candidates", self.max_candidates)
+        _check_positive_int(p + "views_end", self.views_end)
+        _check_positive_int(p + "stages", self.stages, minimum=2)
+        if self.views_end > self.views_start:
+            raise InputError(f"{p}views_end: expected <= views_start={self.views_start} (fewer views over training), "
+                             f"got {self.views_end}")
+        probs = tuple(self.factor_probs) if isinstance(self.factor_probs, (tuple, list)) else ()
+        if (not probs or any(isinstance(q, bool) or not isinstance(q, (int, float)) or q < 0 for q in probs)
+                or abs(sum(probs) - 1.0) > 1e-6):
+            raise InputError(f"{p}factor_probs: expected non-negative probabilities of f = 1, 2, ... summing to 1, "
+                             f"got {self.factor_probs!r}")
+        self.factor_probs = tuple(float(q) for q in probs)
+        _check_fraction(p + "include_target_prob", self.include_target_prob)
+        _check_fraction(p + "max_offset_fraction", self.max_offset_fraction)
+        _check_fraction(p + "uniform_prob_end", self.uniform_prob_end)
+        if self.schedule not in CURRICULUM_SCHEDULES:
+            raise InputError(f"{p}schedule: expected one of {list(CURRICULUM_SCHEDULES)}, got {self.schedule!r}")
+        _check_fraction(p + "warmup", self.warmup)
+        _check_fraction(p + "ramp", self.ramp)
+        if self.warmup + self.ramp > 1.0 + 1e-9:
+            raise InputError(f"{p}warmup + ramp: expected <= 1 (the last step at the hardest setting), "
+                             f"got {self.warmup} + {self.ramp}")
+        for name in ("fewer_views", "farther_views", "uniform_sampling"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{p}{name}: expected a bool, got {getattr(self, name)!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any hardness strategy is on (False: GNT's sampler)."""
+        return self.fewer_views or self.farther_views or self.uniform_sampling
+
+    @property
+    def max_count(self) -> int:
+        """The most source views any step draws: ``views_start + jitter``."""
+        return self.views_start + self.jitter
+
+
+@dataclass(frozen=True)
+class SourceViewPolicy:
+    """The sampler's setting at one step (:func:`curriculum_at`). Counts are uniform integers in
+    [``count_centre - count_jitter``, ``count_centre + count_jitter``]; the candidate window holds
+    ``min(views_start * f, max_candidates)`` views (f = 1 + index drawn from ``factor_probs``) starting at
+    rank ``round(offset_fraction * (F - 1))`` among the F - 1 other views sorted by camera distance (moved
+    in so the window fits); with probability ``uniform_prob`` the window is all other views."""
+
+    progress: float
+    hardness: float
+    count_centre: int
+    count_jitter: int
+    views_start: int
+    factor_probs: tuple[float, ...]
+    max_candidates: int
+    offset_fraction: float
+    uniform_prob: float
+    include_target_prob: float
+
+    @property
+    def count_min(self) -> int:
+        return self.count_centre - self.count_jitter
+
+    @property
+    def count_max(self) -> int:
+        return self.count_centre + self.count_jitter
+
+
+def curriculum_hardness(cfg: SourceViewCurriculum, progress: float) -> float:
+    """Hardness h in [0, 1] at training progress ``progress`` in [0, 1]: 0 until ``warmup``, then over
+    ``ramp`` t = (p - warmup) / ramp mapped by the schedule ("linear" t, "cosine" (1 - cos(pi t)) / 2,
+    "step" floor(t * stages) / (stages - 1), capped at 1), then 1. ``ramp = 0``: 1 from ``warmup`` on."""
+    p = _check_fraction("progress", progress)
+    if p < cfg.warmup:
+        return 0.0
+    if cfg.ramp <= 0.0:
+        return 1.0
+    t = min(max((p - cfg.warmup) / cfg.ramp, 0.0), 1.0)
+    if cfg.schedule == "linear":
+        return t
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    return min(math.floor(t * cfg.stages + 1e-9), cfg.stages - 1) / (cfg.stages - 1)  # 1e-9: stage edges exact
+
+
+def curriculum_at(cfg: SourceViewCurriculum, step: int, total_steps: int) -> SourceViewPolicy:
+    """The :class:`SourceViewPolicy` at ``step`` of ``total_steps`` (progress step / total_steps, clamped
+    to [0, 1], as :class:`~renderssl.methods.base.StepContext`: the engine's 1-based last step is 1)."""
+    if not isinstance(cfg, SourceViewCurriculum):
+        raise InputError(f"cfg: expected a SourceViewCurriculum, got {type(cfg).__name__}")
+    step = _check_positive_int("step", step, minimum=0)
+    total_steps = _check_positive_int("total_steps", total_steps)
+    progress = min(step / total_steps, 1.0)
+    h = curriculum_hardness(cfg, progress)
+    if cfg.fewer_views:
+        mean = cfg.views_start + h * (cfg.views_end - cfg.views_start)
+        centre, lowest = int(math.floor(mean + 0.5)), cfg.views_end
+    else:
+        centre, lowest = cfg.views_start, 1
+    return SourceViewPolicy(
+        progress=progress, hardness=h, count_centre=centre, count_jitter=min(cfg.jitter, centre - lowest),
+        views_start=cfg.views_start, factor_probs=cfg.factor_probs, max_candidates=cfg.max_candidates,
+        offset_fraction=h * cfg.max_offset_fraction if cfg.farther_views else 0.0,
+        uniform_prob=h * cfg.uniform_prob_end if cfg.uniform_sampling else 0.0,
+        include_target_prob=cfg.include_target_prob,
+    )
+
+
+def draw_view_count(policy: SourceViewPolicy, generator: torch.Generator | None = None) -> int:
+    """A number of source views, uniform in [policy.count_min, policy.count_max] (GNT: 10 + U{-2..2})."""
+    if not isinstance(policy, SourceViewPolicy):
+        raise InputError(f"policy: expected a SourceViewPolicy (curriculum_at), got {type(policy).__name__}")
+    _check_generator(generator)
+    return int(torch.randint(policy.count_min, policy.count_max + 1, (1,), generator=generator))
+
+
+def step_view_count(cfg: SourceViewCurriculum, step: int, total_steps: int, seed: int = 0) -> int:
+    """:func:`draw_view_count` at ``step`` from a generator seeded by (seed, step) only, so every sample
+    of one step (any DataLoader worker, any rank) draws the same count and a batch stays rectangular."""
+    step = _check_positive_int("step", step, minimum=0)
+    mixed = (int(seed) * 1_000_000_007 + step * 998_244_353 + 0x5EED) % (2**63 - 1)
+    return draw_view_count(curriculum_at(cfg, step, total_steps), torch.Generator().manual_seed(mixed))
+
+
+def _check_c2w_all(c2w_all, target) -> tuple[int, int]:
+    if not isinstance(c2w_all, Tensor) or c2w_all.dim() != 3:
+        raise InputError(f"c2w_all: expected a (F, 4, 4) tensor, got {getattr(c2w_all, 'shape', type(c2w_all).__name__)}")
+    check_shape("c2w_all", c2w_all, None, 4, 4)
+    F = c2w_all.shape[0]
+    if F < 2:
+        raise InputError(f"c2w_all: a target needs at least one other view, got F={F} view(s)")
+    target = _check_positive_int("target", target, minimum=0)
+    if target >= F:
+        raise InputError(f"target: expected a view index in [0, {F}), got {target!r}")
+    return F, target
+
+
+def views_by_distance(c2w_all: Tensor, target: int) -> Tensor:
+    """(F - 1,) int64: the views other than ``target`` by camera-centre distance to it, nearest first,
+    ties broken by the lower index (IBRNet's ``angular_dist_method="dist"``)."""
+    F, target = _check_c2w_all(c2w_all, target)
+    centres = c2w_all[:, :3, 3].detach().double().cpu()  # (F, 3)
+    dist = (centres - centres[target]).norm(dim=-1)  # (F,)
+    order = torch.sort(dist, stable=True).indices  # (F,)
+    return order[order != target]  # (F - 1,)
+
+
+def select_source_views(policy: SourceViewPolicy, c2w_all: Tensor, target: int,
+                        generator: torch.Generator | None = None, count: int | None = None) -> Tensor:
+    """(n,) int64 distinct source views for ``target`` among the F views (c2w_all (F, 4, 4)) by ``policy``:
+    f drawn from ``factor_probs``; the candidate window (ranks by camera distance, the target excluded),
+    or with probability ``uniform_prob`` all other views; n of them at random without repeats; with
+    probability ``include_target_prob`` one replaced by the target (GNT's swap).
+
+    ``count=None``: n drawn by :func:`draw_view_count` and clamped to the window, as GNT (so n may be
+    smaller). ``count`` given (one per step, :func:`step_view_count`): exactly ``count`` views, the window
+    widened to ``count`` ranks where it is shorter (our choice, so a batch stays rectangular); ``count``
+    above the F - 1 other views is an InputError."""
+    if not isinstance(policy, SourceViewPolicy):
+        raise InputError(f"policy: expected a SourceViewPolicy (curriculum_at), got {type(policy).__name__}")
+    others = views_by_distance(c2w_all, target)  # (F - 1,)
+    num_others = others.numel()
+    _check_generator(generator)
+    if count is not None:
+        count = _check_positive_int("count", count)
+        if count > num_others:
+            raise InputError(f"count: {count} source views requested but the scene has only {num_others} view(s) "
+                             f"besides the target (F={num_others + 1})")
+    probs = torch.tensor(policy.factor_probs, dtype=torch.float64)  # (3,)
+    factor = int(torch.multinomial(probs, 1, generator=generator)) + 1
+    wanted = draw_view_count(policy, generator) if count is None else count
+    size = min(policy.views_start * factor, policy.max_candidates, num_others)
+    uniform = bool(torch.rand((), generator=generator, dtype=torch.float64) < policy.uniform_prob)
+    if uniform:
+        window = others  # (F - 1,)
+    else:
+        size = max(size, count or 0)
+        start = min(int(math.floor(policy.offset_fraction * num_others + 0.5)), num_others - size)
+        window = others[start:start + size]  # (C,)
+    n = min(wanted, window.numel())
+    chosen = window[torch.randperm(window.numel(), generator=generator)[:n]]  # (n,)
+    if policy.include_target_prob > 0 and bool(torch.rand((), generator=generator, dtype=torch.float64)
+                                               < policy.include_target_prob):
+        chosen[int(torch.randint(0, n, (1,), generator=generator))] = int(target)
+    return chosen  # (n,)
+
+
+def select_target_and_sources(cfg: SourceViewCurriculum, c2w_all: Tensor, step: int, total_steps: int,
+                              generator: torch.Generator | None = None, *, count: int | None = None,
+                              target: int | None = None) -> Tensor:
+    """(n + 1,) int64: the source views then the target (context first, targets last, as
+    :class:`~renderssl.data.datasets.MultiViewDataset` orders a sample). ``target`` None: uniform among
+    the F views. The sources follow :func:`curriculum_at` (cfg, step, total_steps) and
+    :func:`select_source_views` (``count``: one per step from :func:`step_view_count`)."""
+    policy = curriculum_at(cfg, step, total_steps)
+    F, _ = _check_c2w_all(c2w_all, 0)
+    _check_generator(generator)
+    if target is None:
+        target = int(torch.randint(0, F, (1,), generator=generator))
+    sources = select_source_views(policy, c2w_all, target, generator, count)  # (n,)
+    return torch.cat([sources, torch.tensor([int(target)], dtype=torch.int64)])  # (n + 1,)
+
+
 __all__ = [
     "DEFAULT_INTERVAL", "DEFAULT_MAX_OVERLAP", "DEFAULT_MIN_OVERLAP", "DEFAULT_REL_TOL", "DEFAULT_STRIDE",
     "ViewSelectionConfig", "frame_interval_pair", "nearest_views", "overlap", "overlap_matrix", "overlapping_pair",
     "overlapping_pairs", "pair_scores", "random_views", "select_context", "select_targets",
+    "CURRICULUM_SCHEDULES", "GNT_COUNT_JITTER", "GNT_FACTOR_PROBS", "GNT_INCLUDE_TARGET_PROB", "GNT_MAX_CANDIDATES",
+    "GNT_NUM_SOURCE_VIEWS", "SourceViewCurriculum", "SourceViewPolicy", "curriculum_at", "curriculum_hardness",
+    "draw_view_count", "select_source_views", "select_target_and_sources", "step_view_count", "views_by_distance",
 ]
