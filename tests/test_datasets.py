@@ -294,3 +294,30 @@ def test_multiview_transform_is_applied_last_with_the_samples_seeded_generator()
     assert not torch.equal(ds[0]["shift"], a["shift"])  # another index, another draw
     with pytest.raises(InputError, match="transform"):
         MultiViewDataset(scenes, **kw, transform=3)
+
+
+def test_multiview_samples_of_a_source_view_curriculum_follow_the_step():
+    """NPS: the sources then the target; every sample of a step has as many sources (capped by the
+    smallest scene); fewer views as training goes on; near / far from the sources' depth only."""
+    from renderssl.data.datasets import near_far
+    from renderssl.data.synthetic import SyntheticConfig, generate_scene
+    from renderssl.data.views import SourceViewCurriculum, step_view_count
+
+    scenes = [generate_scene(s, SyntheticConfig(num_views=n, width=16, height=12)) for s, n in ((3, 14), (4, 9))]
+    curriculum = SourceViewCurriculum(fewer_views=True)
+    ds = MultiViewDataset(scenes, views=curriculum, samples_per_scene=3, seed=1)
+    for step, total in ((1, 100), (50, 100), (100, 100)):
+        ds.set_step(step, total)
+        counts = set()
+        for i in range(len(ds)):
+            s = ds[i]
+            ids = s["view_ids"].tolist()
+            assert len(set(ids)) == len(ids)  # the target is none of its sources
+            counts.add(len(ids) - 1)
+            depth = scenes[i // 3].depth[s["view_ids"][:-1]][:, None]  # (V - 1, 1, H, W): the sources only
+            near, far = near_far(depth, (0.1, 100.0))
+            assert float(s["near"]) == pytest.approx(float(near)) and float(s["far"]) == pytest.approx(float(far))
+        assert counts == {min(step_view_count(curriculum, step, total, 1), 8)}  # 9 frames: at most 8 sources
+    assert counts == {2}  # the last step: 2 source views
+    batch = collate_stacked([ds[0], ds[4]])
+    assert batch["rgb"].shape == (2, 3, 3, 12, 16)

@@ -60,6 +60,7 @@ from .formats.images import RESIZE_MODES, crop_window, fit_image, fit_intrinsics
 from .points import viewset_to_pointcloud
 from .scenes import SceneList
 from .types import PointCloud, ViewSet
+from .views import SourceViewCurriculum, select_target_and_sources, step_view_count
 
 LABEL_KEYS = ("semantic", "instance", "label")
 
@@ -304,6 +305,14 @@ class MultiViewDataset(Dataset):
     the scene's fused cloud as ``sample["cloud"]`` (``points``, ``colors`` and ``normals`` / ``semantic``
     where the scene has them, (N, ...)), packed with offsets by :func:`collate_stacked`.
 
+    With ``views`` a :class:`~renderssl.data.views.SourceViewCurriculum` (NPS; GNT's sampler), a sample is
+    one target frame and its source views, the sources first and the target last: the source-view count
+    is drawn once per training step (:func:`~renderssl.data.views.step_view_count`, seeded by (seed, step),
+    so every sample of a batch has as many views), capped at the fewest frames of any scene of the dataset
+    minus one, and the curriculum follows the step the trainer announces (:meth:`set_step`; step 0, the
+    easiest setting, outside training). ``near`` / ``far`` then come from the source views' depth only
+    (the target's depth is what is predicted).
+
     ``transform``: an optional picklable callable ``(sample, generator) -> sample`` applied last, with the
     sample's own generator (the one that selected its views, continued), so a transformed sample is still a
     pure function of (seed, epoch, index) in any DataLoader worker: a recipe's per-sample augmentation,
@@ -316,7 +325,10 @@ class MultiViewDataset(Dataset):
                  size: tuple[int, int] | None = None, resize: str = "crop", views=None, num_targets: int = 0,
                  default_near_far: tuple[float, float] = (0.1, 100.0), scene_cloud: SceneCloudConfig | None = None,
                  transform: Callable[[dict, torch.Generator], dict] | None = None):
-        if views is not None:
+        self.step, self.total_steps, self._fewest_frames = 0, 1, None
+        if isinstance(views, SourceViewCurriculum):
+            num_views, num_targets = 2, 0  # at least one source view and the target
+        elif views is not None:
             num_views = views.num_context + num_targets
         if num_views < 1 or samples_per_scene < 1 or num_targets < 0:
             raise InputError(f"MultiViewDataset: num_views and samples_per_scene must be >= 1 and num_targets >= 0, got "
@@ -334,8 +346,18 @@ class MultiViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def set_step(self, step: int, total_steps: int) -> None:
+        """The training step that will consume the next samples (a source-view curriculum follows it)."""
+        self.step, self.total_steps = int(step), int(total_steps)
+
     def __len__(self) -> int:
         return len(self.scenes) * self.samples_per_scene
+
+    def fewest_frames(self) -> int:
+        """The fewest frames of any scene (from the listings), computed once."""
+        if self._fewest_frames is None:
+            self._fewest_frames = min(self.scenes.num_frames(i) for i in range(len(self.scenes)))
+        return self._fewest_frames
 
     def fused_cloud(self, scene: int, vs) -> dict:
         """The scene's fused cloud (:class:`SceneCloudConfig`) as a dict of (N, ...) tensors, cached."""
@@ -383,7 +405,8 @@ class MultiViewDataset(Dataset):
             "scene": vs.name,
             "scene_index": torch.tensor(scene, dtype=torch.int64),
         }
-        sample["near"], sample["far"] = near_far(sample["depth"], self.default_near_far)
+        sources = sample["depth"][:-1] if isinstance(self.views, SourceViewCurriculum) else sample["depth"]
+        sample["near"], sample["far"] = near_far(sources, self.default_near_far)
         for key in ("semantic", "instance"):
             if all(key in f for f in frames):
                 sample[key] = torch.stack([f[key] for f in frames])  # (V, H, W)
@@ -397,6 +420,9 @@ class MultiViewDataset(Dataset):
         """(V,) frame indices: the context views first, then the targets."""
         if self.views is None:
             return select_overlapping_views(vs.c2w, self.num_views, generator, self.pool)
+        if isinstance(self.views, SourceViewCurriculum):  # the sources, then the target
+            count = min(step_view_count(self.views, self.step, self.total_steps, self.seed), self.fewest_frames() - 1)
+            return select_target_and_sources(self.views, vs.c2w, self.step, self.total_steps, generator, count=count)
         from .views import select_context, select_targets
 
         depth = None

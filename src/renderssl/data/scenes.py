@@ -335,6 +335,11 @@ class SceneList:
             raise InputError(f"source {i}: loader returned {type(obj).__name__}, expected a {self.kind.__name__}")
         return obj
 
+    def num_frames(self, i: int) -> int:
+        """Frames of scene ``i`` (a reference's listing count, else the opened scene's length)."""
+        item = self.items[i]
+        return item.num_frames if isinstance(item, SceneRef) else len(self[i])
+
     def name(self, i: int) -> str:
         item = self.items[i]
         return item.name if isinstance(item, (SceneRef, ViewSet, PointCloud)) else self[i].name
