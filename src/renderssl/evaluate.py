@@ -71,7 +71,7 @@ from .errors import InputError
 from .eval.boundaries import evaluate_boundaries, read_bsds_ground_truth, segmentation_boundaries
 from .eval.metrics import psnr, ssim
 from .eval.novel_views import (
-    FLOOR, MODEL, evaluate_novel_views, format_comparison, lpips_or_reason, novel_view_dataset, novel_view_scenes,
+    FLOOR, MODEL, describe_views, evaluate_novel_views, format_comparison, lpips_or_reason, novel_view_dataset, novel_view_scenes,
 )
 from .eval.zeroshot import (
     NO_INSTANCE_LABELS, figure_ground, format_scores, labelled, layer_assignment, not_available, render_layers,
@@ -188,14 +188,17 @@ def zero_shot_folder(cfg: ExperimentConfig, method, images_dir, gt_dir, num_laye
     return {**edge_scores(preds, gts), "num_layers": num_layers, "images": len(paths)}
 
 
-def data_overrides(run_dir: Path, overrides) -> ExperimentConfig | None:
-    """The run's config with ``data.*`` overrides applied (others refused: the model is the run's)."""
+def data_overrides(run_dir: Path, overrides, method: str = "", evaluation_fields=()) -> ExperimentConfig | None:
+    """The run's config with ``data.*`` overrides and overrides of the recipe's ``evaluation_fields``
+    (``<method>.<field>``) applied (others refused: the model is the run's)."""
     overrides = list(overrides)
     if not overrides:
         return None
-    bad = [o for o in overrides if not o.startswith("data.")]
+    allowed = tuple(f"{method}.{name}=" for name in evaluation_fields)
+    bad = [o for o in overrides if not o.startswith("data.") and not o.startswith(allowed)]
     if bad:
-        raise InputError(f"evaluate: {bad[0]}: only data.* keys can be overridden (the model is the run's)")
+        extra = f" and {', '.join(a[:-1] for a in allowed)}" if allowed else ""
+        raise InputError(f"evaluate: {bad[0]}: only data.* keys{extra} can be overridden (the model is the run's)")
     return load_experiment(run_dir / "config.yaml", overrides)
 
 
@@ -280,17 +283,19 @@ def evaluate_novel_view_run(run_dir: Path, cfg: ExperimentConfig, method: Method
     """Novel view synthesis of a multi-view run (module docstring): the first ``max_scenes`` readable
     scenes of ``split``, one target each, at the run's training size; evaluation.json and evaluation.png."""
     H, W = model_size(cfg)  # the run's own size, before data overrides
-    changed = data_overrides(run_dir, overrides)
+    changed = data_overrides(run_dir, overrides, cfg.method, method.evaluation_fields)
     if changed is not None:
-        cfg = dataclasses.replace(cfg, data=changed.data)
+        fields = {name: getattr(changed.recipe, name) for name in method.evaluation_fields}
+        method.config = dataclasses.replace(method.config, **fields)
+        cfg = dataclasses.replace(cfg, data=changed.data, recipe=dataclasses.replace(cfg.recipe, **fields))
     scenes = novel_view_scenes(cfg.data, split)
     if not scenes:
         raise empty_split(cfg, split, f" ({SPLIT_KEYS[split]}={getattr(cfg.data, SPLIT_KEYS[split][5:])})")
-    dataset = novel_view_dataset(scenes, cfg.data, cfg.recipe.views, (H, W))
+    dataset = novel_view_dataset(scenes, cfg.data, cfg.recipe.views, (H, W), method.num_context)
     key = f"{cfg.method}.lpips_weights"
     lpips, no_lpips = lpips_or_reason(getattr(cfg.recipe, "lpips_weights", None), key, (H, W))
     log(f"evaluate: {cfg.method} novel views at its training resolution {W}x{H}: {split} scenes of {cfg.data.source}, "
-        f"{method.num_context} context views ({cfg.recipe.views.mode}) and one target between them, brought to it by "
+        f"{method.num_context} context views ({describe_views(cfg.recipe.views)}), brought to it by "
         f"data.resize={cfg.data.resize}")
 
     skipped: list[str] = []
@@ -311,7 +316,8 @@ def evaluate_novel_view_run(run_dir: Path, cfg: ExperimentConfig, method: Method
             scores[name]["lpips"] = f"n/a ({no_lpips})"
     result = {"method": cfg.method, "split": split, "source": str(cfg.data.source), "resolution": [H, W],
               "resize": cfg.data.resize,
-              "novel_views": {MODEL: scores[MODEL], FLOOR: scores[FLOOR], "scenes": scores["scenes"], "images": scores["images"]},
+              "novel_views": {MODEL: scores[MODEL], FLOOR: scores[FLOOR], "scenes": scores["scenes"], "images": scores["images"],
+                              "context_views": method.num_context},
               "skipped": skipped}
     picture = save_grid(list(rows.values()), run_dir / "evaluation.png", scale=2)
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))

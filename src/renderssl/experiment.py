@@ -29,11 +29,12 @@ from .methods.gmae import GMAE
 from .methods.gs3 import GS3
 from .methods.mae import MAE
 from .methods.mask3d import Mask3D
+from .methods.nps import NPS
 from .methods.ponder import Ponder
 from .train.config import DataConfig, OptimConfig, TrainConfig
 from .typed_config import ConfigError, apply_overrides, build_with_overrides, from_dict, load_yaml, to_dict
 
-RECIPES: dict[str, type[Method]] = {"mae": MAE, "gmae": GMAE, "mask3d": Mask3D, "gs3": GS3, "ponder": Ponder}
+RECIPES: dict[str, type[Method]] = {"mae": MAE, "gmae": GMAE, "mask3d": Mask3D, "gs3": GS3, "ponder": Ponder, "nps": NPS}
 PRESET_DIR = Path(__file__).parent / "configs"
 STAGE_PREFIX = "pretrain:"
 COMMON_SECTIONS = ("method", "data", "optim", "train")

@@ -52,14 +52,18 @@ from .models.encoders.sparse_unet import PRESETS as SPARSE_UNET_PRESETS
 from .models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
 from .models.encoders.vit import PRESETS as VIT_PRESETS
 from .models.encoders.vit import ViTConfig, VisionTransformer
+from .models.nerf.generalizable_nerf import GeneralizableNeRF, GeneralizableNeRFConfig
+from .typed_config import from_dict
 
 ARCHITECTURES = {
     "vit": (ViTConfig, VisionTransformer),
     "resnet": (ResNetConfig, ResNet),
     "sparse_unet": (SparseUNetConfig, SparseUNet),
     "pointnet2": (PointNet2Config, PointNet2),
+    "nerf_transformer": (GeneralizableNeRFConfig, GeneralizableNeRF),  # NPS: CNN features + GNT trunk
 }
 POINT_ARCHITECTURES = ("sparse_unet", "pointnet2")
+VIEW_ARCHITECTURES = ("nerf_transformer",)  # render target rays from posed source views
 assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES  # the names models.weights accepts in an encoder.json
 
 # (preset, patch size, square image size) of timm's ViTs (sin-cos/learned pos embed have the same shape)
@@ -90,7 +94,7 @@ def make_config(architecture: str, config):
     if unknown:
         raise InputError(f"{architecture} config: unknown field(s) {unknown}; {cls.__name__} has {sorted(names)}")
     try:
-        return cls(**config)
+        return from_dict(cls, dict(config), architecture)  # nested configs (nerf_transformer) from their dicts
     except TypeError as e:  # e.g. a value of a type the validation cannot compare
         raise InputError(f"{architecture} config: {e}") from e
 
@@ -113,6 +117,8 @@ def model_name_hint(architecture: str, config) -> tuple[str, str | None]:
         return "reference_model", "yanx27/Pointnet_Pointnet2_pytorch pointnet2_sem_seg" if ssg and not cfg.fp1_skip else None
     if architecture == "resnet":
         return "torchvision_model", cfg.torchvision_name if cfg.in_chans == 3 else None
+    if architecture == "nerf_transformer":  # GNT's layout with our module names (models/nerf/transformer.py)
+        return "reference_model", None
     preset = next(
         (p for p, dims in VIT_PRESETS.items() if all(getattr(cfg, k) == v for k, v in dims.items())), None
     )
@@ -193,6 +199,6 @@ def load_encoder(path) -> nn.Module:
 
 
 __all__ = [  # reading helpers live in renderssl.models.weights and are re-exported here
-    "ARCHITECTURES", "POINT_ARCHITECTURES", "build_encoder", "encoder_state_from_checkpoint", "export_encoder",
+    "ARCHITECTURES", "POINT_ARCHITECTURES", "VIEW_ARCHITECTURES", "build_encoder", "encoder_state_from_checkpoint", "export_encoder",
     "load_encoder", "load_state_dict_file", "make_config", "model_name_hint", "read_encoder_info", "state_dict_mismatch",
 ]

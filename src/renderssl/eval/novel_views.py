@@ -6,6 +6,9 @@ did not see, and score it against the floor of copying the nearest context view.
   an interval pair (i, i + d), uniform among i + 1 .. i + d - 1, as pixelSplat evaluates targets between
   its context views; a random other frame in overlap mode or when d == 1), drawn from a generator seeded
   by (``data.seed``, scene index): the same target for every run on the same data.
+  NPS (a :class:`~renderssl.data.views.SourceViewCurriculum`): a random target frame and its
+  ``num_context`` nearest views by camera distance (GNT's evaluation views, :func:`nearest_sources`), the
+  count set by the recipe's ``eval_source_views`` (``renderssl evaluate RUN nps.eval_source_views=2``).
 - Model: :meth:`~renderssl.methods.base.Method.render_targets` (no masking, no augmentation), clamped to
   [0, 1] before scoring.
 - Floor: the context view whose camera centre is nearest the target's (:func:`nearest_context`; ties:
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from ..data.build import image_split, load_split
 from ..data.datasets import MultiViewDataset
+from ..data.views import SourceViewCurriculum
 from ..errors import InputError
 from .metrics import psnr, ssim
 
@@ -75,15 +79,33 @@ def novel_view_scenes(data, split: str) -> list:
     return load_split(data, split)
 
 
-def novel_view_dataset(scenes: list, data, views, size: tuple[int, int]) -> MultiViewDataset:
+def nearest_sources(count: int) -> SourceViewCurriculum:
+    """GNT's evaluation views: exactly the ``count`` views nearest the target (no curriculum, no jitter)."""
+    return SourceViewCurriculum(views_start=count, jitter=0, factor_probs=(1.0, 0.0, 0.0), max_candidates=max(count, 22))
+
+
+def describe_views(views) -> str:
+    """How the evaluation picks its views, in words."""
+    if isinstance(views, SourceViewCurriculum):
+        return "the target's nearest views; the target a random frame"
+    return f"{views.mode}; the target between them"
+
+
+def novel_view_dataset(scenes: list, data, views, size: tuple[int, int], num_context: int | None = None) -> MultiViewDataset:
     """``scenes`` (a non-empty list, :func:`novel_view_scenes`) as one sample each: the context views of
-    ``views`` (a ViewSelectionConfig) and one target between them (module docstring), at ``size`` (H, W)
-    by ``data.resize``, seeded by ``data.seed``; scenes opened one at a time, no frame cache."""
+    ``views`` (a ViewSelectionConfig) and one target between them (module docstring), or for a source-view
+    curriculum (NPS) a random target and its ``num_context`` nearest views (:func:`nearest_sources`), at
+    ``size`` (H, W) by ``data.resize``, seeded by ``data.seed``; scenes opened one at a time, no frame cache."""
     if views is None:
         raise InputError("evaluate: novel views need the recipe's view selection (a views config)")
-    between = dataclasses.replace(views, targets="between")
-    return MultiViewDataset(scenes, seed=data.seed, size=size, resize=data.resize, views=between, num_targets=1,
-                            cache_scenes=1, cache_mb=0)
+    options = dict(seed=data.seed, size=size, resize=data.resize, cache_scenes=1, cache_mb=0)
+    if isinstance(views, SourceViewCurriculum):
+        dataset = MultiViewDataset(scenes, views=nearest_sources(num_context), **options)
+        if dataset.fewest_frames() <= num_context:
+            raise InputError(f"evaluate: {num_context} source views wanted, but a scene has only {dataset.fewest_frames()} "
+                             "frames; lower the recipe's eval_source_views")
+        return dataset
+    return MultiViewDataset(scenes, views=dataclasses.replace(views, targets="between"), num_targets=1, **options)
 
 
 # ---- LPIPS ----------------------------------------------------------------------------------------
@@ -154,5 +176,5 @@ def format_comparison(metric: str, model: float, floor: float) -> str:
             f"({model - floor:+.{digits}f})")
 
 
-__all__ = ["FLOOR", "MODEL", "evaluate_novel_views", "format_comparison", "gather_views", "lpips_or_reason",
-           "nearest_context", "novel_view_dataset", "novel_view_scenes", "rotation_angle", "score_batch"]
+__all__ = ["FLOOR", "MODEL", "describe_views", "evaluate_novel_views", "format_comparison", "gather_views", "lpips_or_reason",
+           "nearest_context", "nearest_sources", "novel_view_dataset", "novel_view_scenes", "rotation_angle", "score_batch"]

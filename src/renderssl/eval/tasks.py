@@ -10,7 +10,10 @@ Task families
   * ``image``: tasks ``segmentation``, ``depth``, ``classification`` (posed images in, per-pixel or per-
     frame targets); architectures ``vit``, ``resnet``;
   * ``points``: task ``segmentation3d`` (point clouds in, per-point labels); architectures
-    ``sparse_unet``, ``pointnet2`` (:data:`renderssl.export.POINT_ARCHITECTURES`).
+    ``sparse_unet``, ``pointnet2`` (:data:`renderssl.export.POINT_ARCHITECTURES`);
+  * ``views``: architecture ``nerf_transformer`` (NPS: renders target rays from posed source views;
+    :data:`renderssl.export.VIEW_ARCHITECTURES`); no downstream task of this family is built yet, and an
+    encoder of it is refused with that message.
   A task runs only on an encoder of its family; any other pairing is an :class:`InputError` naming the
   task, the encoder and its architecture (:func:`check_task_fits`).
 Default tasks
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ..data.points import PointAugmentConfig
 from ..errors import InputError
-from ..export import ARCHITECTURES, POINT_ARCHITECTURES
+from ..export import ARCHITECTURES, POINT_ARCHITECTURES, VIEW_ARCHITECTURES
 from .heads import HEAD_CHANNELS
 
 DENSE_TASKS = ("segmentation", "depth")
@@ -41,9 +44,10 @@ TASKS = IMAGE_TASKS + POINT_TASKS
 MODES = ("finetune", "linear")
 POINT_FEATURES = {"color": ("colors",), "color_normal": ("colors", "normals")}  # input features -> cloud fields
 
-FAMILY_TASKS = {"image": IMAGE_TASKS, "points": POINT_TASKS}
-DEFAULT_TASKS = {"image": ("segmentation", "depth"), "points": ("segmentation3d",)}
-FAMILY_WORDS = {"image": "an image encoder (vit, resnet)", "points": f"a point encoder ({', '.join(POINT_ARCHITECTURES)})"}
+FAMILY_TASKS = {"image": IMAGE_TASKS, "points": POINT_TASKS, "views": ()}
+DEFAULT_TASKS = {"image": ("segmentation", "depth"), "points": ("segmentation3d",), "views": ()}
+FAMILY_WORDS = {"image": "an image encoder (vit, resnet)", "points": f"a point encoder ({', '.join(POINT_ARCHITECTURES)})",
+                "views": f"a view encoder ({', '.join(VIEW_ARCHITECTURES)})"}
 
 
 # ==================================================================================================
@@ -58,15 +62,24 @@ def task_family(task: str) -> str:
 
 
 def architecture_family(architecture: str) -> str:
-    """``"points"`` for the point architectures, ``"image"`` for the others (a key of ARCHITECTURES)."""
+    """``"points"`` / ``"views"`` for the point / view architectures, ``"image"`` for the others (a key of
+    ARCHITECTURES)."""
     if architecture not in ARCHITECTURES:
         raise InputError(f"architecture {architecture!r} is not one of {list(ARCHITECTURES)}")
-    return "points" if architecture in POINT_ARCHITECTURES else "image"
+    return "points" if architecture in POINT_ARCHITECTURES else "views" if architecture in VIEW_ARCHITECTURES else "image"
+
+
+def check_family_has_tasks(architecture: str, encoder: str) -> None:
+    """Raise when no downstream task takes encoders of ``architecture``'s family."""
+    if not FAMILY_TASKS[architecture_family(architecture)]:
+        raise InputError(f"encoder {encoder!r} is a {architecture} encoder: no downstream task of renderssl takes it "
+                         "yet (evaluate its run with `renderssl evaluate RUN`)")
 
 
 def check_task_fits(task: str, architecture: str, encoder: str) -> None:
     """Raise a one-line :class:`InputError` naming the task and the encoder when they do not fit."""
     family = task_family(task)
+    check_family_has_tasks(architecture, encoder)
     if architecture_family(architecture) != family:
         raise InputError(f"task {task!r} needs {FAMILY_WORDS[family]}; encoder {encoder!r} is a {architecture} "
                          f"encoder (its tasks: {', '.join(FAMILY_TASKS[architecture_family(architecture)])})")
@@ -74,6 +87,7 @@ def check_task_fits(task: str, architecture: str, encoder: str) -> None:
 
 def default_task(architecture: str) -> str:
     """The task ``renderssl finetune`` runs for an encoder of ``architecture`` when none is given."""
+    check_family_has_tasks(architecture, architecture)
     return DEFAULT_TASKS[architecture_family(architecture)][0]
 
 
@@ -85,6 +99,8 @@ def assign_tasks(entries: dict[str, str], tasks: list[str] | None) -> dict[str, 
     """
     if not entries:
         raise InputError("no encoders to assign tasks to")
+    for name, arch in entries.items():
+        check_family_has_tasks(arch, name)
     families = {name: architecture_family(arch) for name, arch in entries.items()}
     if not tasks:
         present = sorted(set(families.values()))

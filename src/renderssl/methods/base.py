@@ -12,6 +12,8 @@ heads and renderers its pretext task needs. It declares, as class attributes and
 - :meth:`validate`: metrics of a held-out batch (default: the loss and its terms, without gradients);
 - ``config_class``: its config dataclass (the YAML section named after the recipe);
 - :meth:`sample_options`: options of its Dataset (a multi-view recipe's view selection);
+- ``evaluation_fields``: config fields that only set how ``renderssl evaluate`` runs (NPS's number of
+  source views), which its overrides may change;
 - ``stage_fields``: config fields naming an earlier run it starts from (Mask3D's Stage-I ``init_from``),
   which the experiment can run first (``pretrain:<preset>``) and clears when a run is reloaded.
 
@@ -97,6 +99,7 @@ class Method(nn.Module):
     encoder_architecture: ClassVar[str] = "vit"
     stage_fields: ClassVar[tuple[str, ...]] = ()
     num_context: ClassVar[int] = 0  # multi-view recipes: the context views render_targets reads (batch views 0..)
+    evaluation_fields: ClassVar[tuple[str, ...]] = ()  # recipe fields that only set how `renderssl evaluate` runs
     encoder: nn.Module
     config: object  # the recipe's config dataclass; its ``encoder`` field configures ``encoder``
 

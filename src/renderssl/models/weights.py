@@ -21,7 +21,7 @@ FORMAT = "renderssl-encoder"
 VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 META_NAME = "encoder.json"
-ARCHITECTURE_NAMES = ("vit", "resnet", "sparse_unet", "pointnet2")
+ARCHITECTURE_NAMES = ("vit", "resnet", "sparse_unet", "pointnet2", "nerf_transformer")
 NESTED_KEYS = ("model", "state_dict")  # checkpoint entries that hold the state dict, tried in this order
 MAX_LISTED = 5  # keys named in mismatch messages
 
