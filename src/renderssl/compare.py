@@ -14,7 +14,8 @@ Choices:
 
 * Tasks follow the encoders (:func:`renderssl.eval.tasks.assign_tasks`): without ``tasks``, image
   encoders (ViT, ResNet) get ``segmentation`` and ``depth``, point encoders (SparseUNet, PointNet++)
-  ``segmentation3d``; a mix of the two families shares no task and is refused unless ``tasks`` names
+  ``segmentation3d``, view encoders (NPS's ``nerf_transformer``) ``view_segmentation`` and ``view_depth``;
+  a mix of families shares no task and is refused unless ``tasks`` names
   them, and each named task then runs on the entries of its family. A task no entry takes, or an entry
   (scratch entries included) that takes none of the tasks, is an error naming both; everything is
   checked before any training.
@@ -50,6 +51,8 @@ TASK_METRIC = {
     "depth": ("abs_rel", "depth AbsRel (lower is better)"),
     "classification": ("top1", "top-1 accuracy (higher is better)"),
     "segmentation3d": ("miou", "3D segmentation mIoU (higher is better)"),
+    "view_segmentation": ("miou", "novel-view segmentation mIoU (higher is better)"),
+    "view_depth": ("abs_rel", "novel-view depth AbsRel (lower is better)"),
 }
 
 

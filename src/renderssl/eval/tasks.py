@@ -11,16 +11,16 @@ Task families
     frame targets); architectures ``vit``, ``resnet``;
   * ``points``: task ``segmentation3d`` (point clouds in, per-point labels); architectures
     ``sparse_unet``, ``pointnet2`` (:data:`renderssl.export.POINT_ARCHITECTURES`);
-  * ``views``: architecture ``nerf_transformer`` (NPS: renders target rays from posed source views;
-    :data:`renderssl.export.VIEW_ARCHITECTURES`); no downstream task of this family is built yet, and an
-    encoder of it is refused with that message.
+  * ``views``: tasks ``view_segmentation``, ``view_depth`` (NPS's few-shot semantic segmentation and
+    depth of novel views: a target view's labels rendered from its nearest posed source views;
+    :mod:`.view_tasks`); architecture ``nerf_transformer`` (:data:`renderssl.export.VIEW_ARCHITECTURES`).
   A task runs only on an encoder of its family; any other pairing is an :class:`InputError` naming the
   task, the encoder and its architecture (:func:`check_task_fits`).
 Default tasks
   Without an explicit task list, an encoder gets its family's defaults (:data:`DEFAULT_TASKS`): image
   encoders ``segmentation`` and ``depth`` (classification needs single-object scenes), point encoders
-  ``segmentation3d``. ``renderssl finetune`` takes the first of them (``segmentation`` |
-  ``segmentation3d``).
+  ``segmentation3d``, view encoders ``view_segmentation`` and ``view_depth``. ``renderssl finetune``
+  takes the first of them (``segmentation`` | ``segmentation3d`` | ``view_segmentation``).
 Several encoders (:func:`assign_tasks`)
   Without a task list, every entry must be of one family, which then gives the defaults; a mix of
   families shares no task and is refused, naming the entries of each family and asking for a task
@@ -40,12 +40,13 @@ from .heads import HEAD_CHANNELS
 DENSE_TASKS = ("segmentation", "depth")
 IMAGE_TASKS = DENSE_TASKS + ("classification",)
 POINT_TASKS = ("segmentation3d",)
-TASKS = IMAGE_TASKS + POINT_TASKS
+VIEW_TASKS = ("view_segmentation", "view_depth")
+TASKS = IMAGE_TASKS + POINT_TASKS + VIEW_TASKS
 MODES = ("finetune", "linear")
 POINT_FEATURES = {"color": ("colors",), "color_normal": ("colors", "normals")}  # input features -> cloud fields
 
-FAMILY_TASKS = {"image": IMAGE_TASKS, "points": POINT_TASKS, "views": ()}
-DEFAULT_TASKS = {"image": ("segmentation", "depth"), "points": ("segmentation3d",), "views": ()}
+FAMILY_TASKS = {"image": IMAGE_TASKS, "points": POINT_TASKS, "views": VIEW_TASKS}
+DEFAULT_TASKS = {"image": ("segmentation", "depth"), "points": ("segmentation3d",), "views": VIEW_TASKS}
 FAMILY_WORDS = {"image": "an image encoder (vit, resnet)", "points": f"a point encoder ({', '.join(POINT_ARCHITECTURES)})",
                 "views": f"a view encoder ({', '.join(VIEW_ARCHITECTURES)})"}
 
@@ -54,7 +55,7 @@ FAMILY_WORDS = {"image": "an image encoder (vit, resnet)", "points": f"a point e
 # Task families
 # ==================================================================================================
 def task_family(task: str) -> str:
-    """``"image"`` or ``"points"``: the family of encoders ``task`` takes."""
+    """``"image"``, ``"points"`` or ``"views"``: the family of encoders ``task`` takes."""
     for family, tasks in FAMILY_TASKS.items():
         if task in tasks:
             return family
@@ -166,10 +167,36 @@ def features_for_channels(in_channels: int) -> str | None:
 
 
 @dataclass
+class ViewTaskConfig:
+    """How the view tasks (:mod:`.view_tasks`, whose docstring states the choices) pick, render and score
+    target rays. NPS's / GNT's values where they exist, else ours."""
+
+    source_views: int = 6  # the target's nearest views it is rendered from (ours; GNT evaluates with 10)
+    rays_per_target: int = 256  # training rays per target per step, at labelled pixels (GNT's N_rand 2048; ours: CPU)
+    num_samples: int = 32  # inverse-depth samples per ray (GNT's 64; ours: nps_tiny's 32)
+    near_scale: float = 0.9  # GNT's widened bounds: near x 0.9
+    far_scale: float = 1.5  # GNT's widened bounds: far x 1.5
+    rgb_weight: float = 1.0  # weight of the colour MSE kept during fine-tuning (NPS: joint training); 0 = task only
+    head_blocks: int = 1  # the task ray transformer's blocks (ours: 1, "lighter" than the trunk)
+    eval_targets: int = 2  # target frames rendered in full per test scene (ours)
+    eval_chunk: int = 4096  # rays per target rendered at a time in evaluation
+
+    def __post_init__(self):
+        for name in ("source_views", "rays_per_target", "num_samples", "head_blocks", "eval_targets", "eval_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"ViewTaskConfig.{name}: must be >= 1 (got {getattr(self, name)!r})")
+        if not 0 < self.near_scale <= 1 <= self.far_scale:
+            raise InputError(f"ViewTaskConfig: need 0 < near_scale <= 1 <= far_scale (got {self.near_scale!r}, "
+                             f"{self.far_scale!r})")
+        if not self.rgb_weight >= 0:
+            raise InputError(f"ViewTaskConfig.rgb_weight: must be >= 0 (got {self.rgb_weight!r})")
+
+
+@dataclass
 class DownstreamConfig:
     """One downstream run. Build from YAML with ``train.config.from_dict(DownstreamConfig, data)``."""
 
-    task: str = "segmentation"  # segmentation | depth | classification | segmentation3d
+    task: str = "segmentation"  # segmentation | depth | classification | segmentation3d | view_segmentation | view_depth
     mode: str = "finetune"  # finetune | linear (frozen encoder)
     steps: int = 200
     batch_size: int = 16
@@ -186,6 +213,7 @@ class DownstreamConfig:
     num_classes: int | None = None  # None = len(class_names) of the training scenes
     workers: int = 0  # DataLoader worker processes decoding frames
     points: PointTaskConfig = field(default_factory=PointTaskConfig)  # point tasks only
+    views: ViewTaskConfig = field(default_factory=ViewTaskConfig)  # view tasks only
 
     def __post_init__(self):
         self.validate()
@@ -222,6 +250,6 @@ class DownstreamConfig:
 
 __all__ = [
     "DEFAULT_TASKS", "DENSE_TASKS", "DownstreamConfig", "IMAGE_TASKS", "MODES", "POINT_CAPS", "POINT_FEATURES", "POINT_TASKS",
-    "PointTaskConfig", "TASKS", "architecture_family", "assign_tasks", "check_task_fits", "default_task",
-    "features_for_channels", "task_family",
+    "PointTaskConfig", "TASKS", "VIEW_TASKS", "ViewTaskConfig", "architecture_family", "assign_tasks", "check_task_fits",
+    "default_task", "features_for_channels", "task_family",
 ]

@@ -8,10 +8,11 @@ Dispatch (:func:`run_on_splits`)
   ``image`` tasks :func:`~renderssl.eval.downstream.train_downstream` /
   :func:`~renderssl.eval.downstream.evaluate_downstream`, ``points`` tasks
   :func:`~renderssl.eval.segmentation3d.train_point_segmentation` /
-  :func:`~renderssl.eval.segmentation3d.evaluate_point_segmentation`. This module is the only one that
-  imports both trainers; they import neither each other nor this module. An encoder of one of the
-  export architectures is checked against the task's family before training (a one-line
-  :class:`InputError` naming both); other modules are passed through as they are.
+  :func:`~renderssl.eval.segmentation3d.evaluate_point_segmentation`, ``views`` tasks (NPS)
+  :func:`~renderssl.eval.view_tasks.train_view_task` / :func:`~renderssl.eval.view_tasks.evaluate_view_task`.
+  This module is the only one that imports the trainers; they import neither each other nor this
+  module. An encoder of one of the export architectures is checked against the task's family before
+  training (a one-line :class:`InputError` naming both); other modules are passed through as they are.
 Splits (:func:`run_on_splits`, :func:`run_downstream`)
   Train on ``select_label_fraction(train split, label_fraction, seed)`` and score on the TEST split
   only; :func:`~renderssl.eval.splits.check_disjoint_scenes` raises if a scene name is in both (or a
@@ -42,11 +43,13 @@ from .downstream import evaluate_downstream, train_downstream
 from .segmentation3d import evaluate_point_segmentation, train_point_segmentation
 from .splits import check_disjoint_scenes, select_label_fraction
 from .tasks import DownstreamConfig, check_task_fits, task_family
+from .view_tasks import evaluate_view_task, train_view_task
 
 EncoderFactory = Callable[[], nn.Module]
 TRAINERS = {  # task family -> (train(encoder, train scenes, cfg) -> model, evaluate(model, test scenes, cfg) -> metrics)
     "image": (train_downstream, evaluate_downstream),
     "points": (train_point_segmentation, evaluate_point_segmentation),
+    "views": (train_view_task, evaluate_view_task),
 }
 
 
@@ -67,7 +70,7 @@ def run_downstream(encoder_factory: EncoderFactory, data_cfg: DataConfig, cfg: D
 def run_on_splits(encoder_factory: EncoderFactory, train_all: list, test: list, cfg: DownstreamConfig,
                   cache: SceneCache | None = None) -> dict:
     """:func:`run_downstream` on given train and test scenes (ViewSets, PointClouds or references).
-    ``cache``: decoded frames shared by the runs of a comparison (image tasks), so each is decoded once."""
+    ``cache``: decoded frames shared by the runs of a comparison (image and view tasks), so each is decoded once."""
     check_disjoint_scenes(train_all, test)
     train = select_label_fraction(train_all, cfg.label_fraction, cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -78,7 +81,7 @@ def run_on_splits(encoder_factory: EncoderFactory, train_all: list, test: list, 
         check_task_fits(cfg.task, architecture, type(encoder).__name__)
     family = task_family(cfg.task)
     train_fn, evaluate_fn = TRAINERS[family]
-    if family == "image" and cache is not None:
+    if family in ("image", "views") and cache is not None:
         train_fn, evaluate_fn = partial(train_fn, cache=cache), partial(evaluate_fn, cache=cache)
     metrics = evaluate_fn(train_fn(encoder, train, cfg), test, cfg)
     return {
