@@ -231,8 +231,14 @@ def _evaluate(args) -> None:
 
     if (args.images is None) != (args.gt is None):
         raise InputError("evaluate: give both --images and --gt, or neither")
+    few_shot = None
+    if args.few_shot is not None:
+        from .eval.few_shot_nvs import FewShotConfig, parse_shots
+
+        few_shot = FewShotConfig(shots=parse_shots(args.few_shot), steps=args.few_shot_steps, scenes=args.few_shot_scenes)
     evaluate_run(args.run, split=args.split, max_frames=args.max_frames, num_layers=args.layers,
-                 images_dir=args.images, gt_dir=args.gt, overrides=args.overrides)
+                 images_dir=args.images, gt_dir=args.gt, overrides=args.overrides, scene=args.scene, few_shot=few_shot,
+                 video=args.video, video_frames=args.video_frames)
 
 
 def _export(args) -> None:
@@ -312,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--layers", type=int, default=16, help="depth layers for GMAE zero-shot edges (paper: 16)")
     ev.add_argument("--images", help="folder of images for BSDS-protocol edge evaluation (GMAE)")
     ev.add_argument("--gt", help="folder of BSDS500 groundTruth .mat files named like the images")
+    ev.add_argument("--scene", help="NPS: a scene folder (ScanNet-style, 7-Scenes, Blender, LLFF) evaluated instead of the "
+                    "test split (every 8th frame held out)")
+    ev.add_argument("--few-shot", metavar="K,K,...", help="NPS: few-shot NVS, fine-tuned on K views of each evaluation "
+                    "scene (e.g. 3,6,10), vs zero-shot, scratch and the nearest view")
+    ev.add_argument("--few-shot-steps", type=int, default=200, help="fine-tuning steps per scene and K")
+    ev.add_argument("--few-shot-scenes", type=int, default=2, help="test scenes fine-tuned on (without --scene)")
+    ev.add_argument("--video", action="store_true", help="NPS: render a camera path through the scene to <run>/path.gif "
+                    "(and path.mp4 with imageio-ffmpeg)")
+    ev.add_argument("--video-frames", type=int, default=None, help="cap on the path's frames (default 120)")
     ev.set_defaults(handler=_evaluate)
 
     ex = verbs.add_parser("export", help="export the encoder of a pretraining run")

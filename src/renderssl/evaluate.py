@@ -203,8 +203,16 @@ def data_overrides(run_dir: Path, overrides, method: str = "", evaluation_fields
 
 
 def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers: int = 16,
-                 images_dir=None, gt_dir=None, log=print, overrides=(), batch: int = 16) -> dict:
+                 images_dir=None, gt_dir=None, log=print, overrides=(), batch: int = 16, scene=None, few_shot=None,
+                 video: bool = False, video_frames: int | None = None) -> dict:
     run_dir = Path(run_dir)
+    nps_only = [name for name, given in (("--scene", scene is not None), ("--few-shot", few_shot is not None),
+                                         ("--video", video)) if given]
+    if nps_only:  # checked from config.yaml before any checkpoint is loaded (eval/few_shot_nvs.py)
+        recipe = load_experiment(run_dir / "config.yaml").method if (run_dir / "config.yaml").is_file() else None
+        if recipe is not None and recipe != "nps":
+            raise InputError(f"evaluate: {', '.join(nps_only)} {'is' if len(nps_only) == 1 else 'are'} for NPS runs only; "
+                             f"{run_dir} is a {recipe} run")
     cfg, method = load_run(run_dir)
     multiview = method.sample_type == "multiview"
     if cfg.method not in RECONSTRUCTION_KEY and not multiview:
@@ -218,6 +226,11 @@ def evaluate_run(run_dir, split: str = "test", max_frames: int = 64, num_layers:
         changed = data_overrides(run_dir, overrides)
         cfg = cfg if changed is None else dataclasses.replace(cfg, data=changed.data)
         return evaluate_ponder(run_dir, cfg, method, split, max_frames, log)
+    if nps_only:  # NPS: --scene / --few-shot / --video (eval/few_shot_nvs.py)
+        from .eval.few_shot_nvs import evaluate_nps_run
+
+        return evaluate_nps_run(run_dir, cfg, method, split, max_frames, log, overrides, batch, scene=scene,
+                                few_shot=few_shot, video=video, video_frames=video_frames)
     if multiview:
         return evaluate_novel_view_run(run_dir, cfg, method, split, max_frames, log, overrides, batch)
     changed = data_overrides(run_dir, overrides)
