@@ -146,3 +146,16 @@ def test_scene_folder_zero_shot_few_shot_and_video(nps_run, tmp_path, fmt):
     assert saved["video"]["keyframes"] == [0, 4, 8]
     with Image.open(nps_run / "path.gif") as gif:
         assert gif.n_frames == 11 and gif.size == (32, 24)
+
+
+def test_the_cli_runs_few_shot_and_video_on_the_test_split(nps_run):
+    from renderssl.cli import main
+
+    assert main(["evaluate", str(nps_run), "--few-shot", "3", "--few-shot-steps", "1", "--video", "--video-frames", "6",
+                 "nps.eval_source_views=2"]) == 0
+    saved = json.loads((nps_run / "evaluation.json").read_text())
+    assert saved["novel_views"]["context_views"] == 2 and saved["novel_views"]["images"] == 1  # the test split's
+    k3 = saved["few_shot"]["k"]["3"]
+    assert saved["few_shot"]["steps"] == 1 and k3["scenes"] == 1 and k3["source_views"] == 2
+    assert k3["views"][saved["few_shot"]["scenes"][0]]["test_views"] == [0, 8]
+    assert saved["video"]["frames"] == 6 and saved["video"]["keyframes"] == [0, 5]  # stride 5: 2 keys x (4 + 1) -> 6

@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--few-shot", metavar="K,K,...", help="NPS: few-shot NVS, fine-tuned on K views of each evaluation "
                     "scene (e.g. 3,6,10), vs zero-shot, scratch and the nearest view")
     ev.add_argument("--few-shot-steps", type=int, default=200, help="fine-tuning steps per scene and K")
-    ev.add_argument("--few-shot-scenes", type=int, default=2, help="test scenes fine-tuned on (without --scene)")
+    ev.add_argument("--few-shot-scenes", type=int, default=1, help="test scenes fine-tuned on (without --scene)")
     ev.add_argument("--video", action="store_true", help="NPS: render a camera path through the scene to <run>/path.gif "
                     "(and path.mp4 with imageio-ffmpeg)")
     ev.add_argument("--video-frames", type=int, default=None, help="cap on the path's frames (default 120)")

@@ -40,6 +40,13 @@
   nearest_context_view: {psnr, ssim, lpips}, scenes, images}; ``evaluation.png`` rows: context 0,
   context 1, target, rendering, nearest view (up to four scenes). An unreadable scene (or one with too
   few frames) is skipped and listed.
+- NPS extras (:mod:`renderssl.eval.few_shot_nvs`, :mod:`renderssl.eval.camera_path`; refused for other
+  recipes, from the run's config.yaml before any checkpoint is read): ``--scene DIR`` evaluates any scene
+  folder instead of the test split (every 8th frame held out, each from its ``eval_source_views`` nearest
+  other frames); ``--few-shot 3,6,10`` fine-tunes copies on k views of each evaluation scene (NPS Sec.
+  4.1.3) and scores them against the zero-shot model, a scratch twin and the nearest training view
+  (``few_shot`` in evaluation.json, one log line per k); ``--video`` writes ``<run>/path.gif`` (and
+  ``path.mp4`` with imageio-ffmpeg), a camera path through the scene.
 - PonderV2 (``method: ponder``; :mod:`renderssl.eval.ponder_eval`): per held-out scene (the first
   ``max_frames`` readable scenes of the split) the run's ``ponder.views`` context frames and one random other
   frame as target; the scene's fused cloud as in pretraining but grid-sampled only (no augmentation, no

@@ -8,8 +8,8 @@ same views from the finetuning stage as source views" (LLFF with 3 / 6 / 10 view
 NPS publishes no code; everything below not quoted is our choice.
 
 - Evaluation scenes: ``--scene DIR`` (any scene folder the readers detect: ScanNet-style, 7-Scenes
-  sequence, Blender / NeRF synthetic, LLFF), else the first ``scenes`` readable scenes of the run's test
-  split (``--split``). Frames brought to the run's training size (``data.height`` x ``data.width``) by
+  sequence, Blender / NeRF synthetic, LLFF), else the first ``scenes`` (``--few-shot-scenes``, default 1)
+  readable scenes of the run's test split (``--split``); the video's scene: ``--scene`` or the first. Frames brought to the run's training size (``data.height`` x ``data.width``) by
   ``data.resize``, as every evaluate path (:func:`load_eval_scene`).
 - Views (:func:`few_shot_views`, deterministic, no seed): held-out test views are every ``test_every``-th
   frame (frames 0, 8, 16, ...: LLFF's test views in the NeRF / RegNeRF protocols), the same for every k so
@@ -28,9 +28,12 @@ NPS publishes no code; everything below not quoted is our choice.
   per sample a random target among them and as sources the other k - 1 views' nearest
   min(k - 1, ``eval_source_views``) by camera centre; ``batch_size`` samples per step; Adam with the run's
   betas at constant learning rates (the run's ``optim.lr`` for the transformer, ``nps.feature_lr`` for the
-  CNN as in pretraining; no warm-up or decay in so short a budget), ``steps`` steps (default 200: about 30 s
-  per fine-tuning for nps_tiny at 64x48 on one CPU thread; measured, module README in docs/methods.md).
-  Dropout active, as in training.
+  CNN as in pretraining; no warm-up or decay in so short a budget), ``steps`` steps (default 200). Measured
+  for nps_tiny (64x48, 256 rays x 32 samples, 2 samples a step) on one thread of a loaded 2-core CPU (load
+  5.3): 0.7 / 0.85 / 1.1 s a step for k = 3 / 6 / 10 and 4-7 s to render 2 held-out views, so one
+  fine-tuning of 200 steps takes 2.5-4 min and the default table (k = 3, 6, 10; fine-tuned and scratch;
+  one test scene, ``scenes`` = 1) about 20-25 min; ``--few-shot-steps`` trades budget for time. Dropout
+  active, as in training.
 - Inference (:func:`render_views`): every held-out view from its nearest min(k, ``eval_source_views``) of
   the k training views ("the same views from the finetuning stage as source views"), every pixel,
   deterministic samples (``render_image``), clamped to [0, 1].
@@ -77,7 +80,7 @@ class FewShotConfig:
     batch_size: int = 2  # samples (target + sources) per step
     lr: float | None = None  # transformer lr; None: the run's optim.lr (the CNN's scales with it)
     test_every: int = TEST_EVERY  # held-out test views: frames 0, 8, 16, ... (LLFF's)
-    scenes: int = 2  # test-split scenes evaluated when no --scene is given
+    scenes: int = 1  # test-split scenes evaluated when no --scene is given
     scratch: bool = True  # also fine-tune a freshly initialised twin
     seed: int = 0
 
