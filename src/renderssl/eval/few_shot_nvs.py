@@ -419,7 +419,14 @@ def evaluate_nps_run(run_dir, cfg, method, split: str, max_scenes: int, log, ove
                                   recipe=dataclasses.replace(cfg.recipe, **fields))
     lpips, no_lpips = lpips_or_reason(getattr(cfg.recipe, "lpips_weights", None), f"{cfg.method}.lpips_weights", (H, W))
 
+    loaded: dict[int, list[EvalScene]] = {}  # each count's scenes loaded once
+
     def scene_list(count: int) -> list[EvalScene]:
+        if count not in loaded:
+            loaded[count] = load_scenes(count)
+        return loaded[count]
+
+    def load_scenes(count: int) -> list[EvalScene]:
         if scene is not None:
             return [load_eval_scene(scene, cfg.data, (H, W))]
         refs = load_split(cfg.data, split)
