@@ -52,7 +52,8 @@ Evaluation (:func:`evaluate_view_task`)
   Per test scene ``views.eval_targets`` (default 2) random target frames, each with its
   ``source_views`` nearest views, drawn with a fixed seed (0), not ``cfg.seed`` (ours), so every run and
   seed of a comparison scores the same views; every pixel rendered (bin midpoints in inverse depth,
-  deterministic; ``views.eval_chunk`` rays at a time). Segmentation: the argmax of the logits over the
+  deterministic), one target at a time, ``views.eval_chunk`` rays at a time (``eval_batch_size`` is not
+  used: a full target is already ``eval_chunk`` x samples x source views tokens per chunk). Segmentation: the argmax of the logits over the
   pixels with a label, one confusion matrix over all targets (:class:`SegmentationScores`): ``miou`` over
   classes with a non-empty union, ``overall_acc`` (NPS's total accuracy), ``mean_class_acc`` (NPS's average
   accuracy), per-class ``iou``. Depth: :class:`~renderssl.eval.metrics.DepthMeter` (per-image means over
@@ -348,14 +349,8 @@ def evaluate_view_task(model: ViewTaskModel, test_scenes: list, cfg: DownstreamC
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    step = max(1, int(cfg.eval_batch_size))
-
-    def batches():
-        for start in range(0, len(dataset), step):
-            samples = [dataset[i] for i in range(start, min(start + step, len(dataset)))]
-            yield to_device(collate_stacked(samples), device)
-
-    out = score_views(model, batches())
+    batches = (to_device(collate_stacked([dataset[i]]), device) for i in range(len(dataset)))  # one target at a time
+    out = score_views(model, batches)
     model.train(was_training)
     out["num_scenes"] = len(test_scenes)
     return out
