@@ -192,24 +192,30 @@ def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
+def _per_second(r: StepMemory) -> str:
+    """Rendered pixels (rays) per second of training step."""
+    return f"{r.rendered_pixels / r.seconds:,.0f}" if r.rendered_pixels and r.seconds > 0 else "-"
+
+
 def format_row(r: StepMemory) -> str:
     per_pixel = "-" if r.bytes_per_pixel is None else f"{r.bytes_per_pixel / 1024:.1f} KiB"
     pixels = f"{r.rendered_pixels:,}" if r.rendered_pixels else "-"
     note = " (LPIPS: stand-in random weights)" if r.lpips_stand_in else ""
     return (f"{r.preset:16s} {r.recipe:6s} {r.encoder:11s} batch {r.batch:3d} at {r.resolution[1]}x{r.resolution[0]}: "
             f"step peak {_gib(r.step_peak_bytes)}, state {_gib(r.state_bytes)} ({r.parameters / 1e6:.1f} M params), "
-            f"total {_gib(r.total_bytes)}; rendered pixels {pixels}, {per_pixel}/pixel; {r.seconds:.2f} s/step{note}")
+            f"total {_gib(r.total_bytes)}; rendered pixels {pixels}, {per_pixel}/pixel; {r.seconds:.2f} s/step, "
+            f"{_per_second(r)} pixels/s{note}")
 
 
 def format_table(rows: list[StepMemory]) -> str:
-    lines = ["| preset | recipe | encoder | batch | size | rendered pixels / batch | step peak | state | total | per rendered pixel | s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | recipe | encoder | batch | size | rendered pixels / batch | step peak | state | total | per rendered pixel | s/step | pixels/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per_pixel = "-" if r.bytes_per_pixel is None else f"{r.bytes_per_pixel / 1024:.1f} KiB"
         pixels = f"{r.rendered_pixels:,}" if r.rendered_pixels else "-"
         lines.append(f"| {r.preset} | {r.recipe} | {r.encoder} | {r.batch} | {r.resolution[1]}x{r.resolution[0]} | "
                      f"{pixels} | {_gib(r.step_peak_bytes)} | {_gib(r.state_bytes)} | {_gib(r.total_bytes)} | "
-                     f"{per_pixel} | {r.seconds:.2f} |")
+                     f"{per_pixel} | {r.seconds:.2f} | {_per_second(r)} |")
     return "\n".join(lines)
 
 
