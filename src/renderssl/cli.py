@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("items", nargs="*", help="encoder or run folders, then key=value overrides (downstream.steps=100, ...)")
     cmp.add_argument("--architectures", default="", help="scratch-only entries, e.g. sparse_unet:small,pointnet2:small")
     cmp.add_argument("--names", default="", help="comma-separated labels (default: each encoder's recipe)")
-    cmp.add_argument("--tasks", default="", help="segmentation, depth, classification, segmentation3d (default: "
-                     "segmentation,depth for vit/resnet encoders, segmentation3d for sparse_unet/pointnet2)")
+    cmp.add_argument("--tasks", default="", help="segmentation, depth, classification, segmentation3d, view_segmentation, "
+                     "view_depth (default: segmentation,depth for vit/resnet encoders, segmentation3d for "
+                     "sparse_unet/pointnet2, view_segmentation,view_depth for nerf_transformer (NPS))")
     cmp.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0", help="label fractions of the training scenes")
     cmp.add_argument("--seeds", type=int, default=3)
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
