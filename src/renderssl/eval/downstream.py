@@ -70,7 +70,8 @@ from ..errors import InputError
 from ..train.distributed import resolve_device
 from .finetuning import (  # re-exported (__all__): importable from here as before
     EMBEDDING_PREFIXES, NO_DECAY_NAMES, SegmentationScores, TaskModel, batch_schedule, build_optimization,
-    encoder_layer_id, layer_groups, learning_rate, no_decay_names, optim_config, param_groups, uses_weight_decay,
+    encoder_layer_id, layer_groups, learning_rate, no_decay_names, optim_config, param_groups, take_step,
+    uses_weight_decay,
 )
 from .heads import DepthHead, LinearClassifier, SegmentationHead
 from .metrics import DEPTH_KEYS, DepthMeter
@@ -304,12 +305,7 @@ def train_downstream(encoder: nn.Module, train_scenes: list, cfg: DownstreamConf
     for step, (x, y) in enumerate(loader):
         if cfg.hflip:
             x, y = random_hflip(x, y, cfg.task in DENSE_TASKS, generator)
-        loss = model.forward_loss(model(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        model.loss_history.append(float(loss.detach()))
+        take_step(model, model.forward_loss(model(x.to(device)), y.to(device)), optimizer, lr_schedule, step, cfg.task)
     return model.eval()
 
 

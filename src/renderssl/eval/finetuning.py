@@ -139,6 +139,19 @@ def build_optimization(model: nn.Module, cfg: DownstreamConfig) -> tuple[torch.o
     return optimizer, build_scheduler(optimizer, ocfg, cfg.steps)
 
 
+def take_step(model: nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer, lr_schedule: StepSchedule, step: int,
+              what: str) -> None:
+    """Backward, one optimizer and schedule step, and ``loss`` appended to ``model.loss_history``; a
+    non-finite loss is an error naming ``what`` and the step (nothing is trained on it)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: non-finite loss at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    lr_schedule.step()
+    model.loss_history.append(float(loss.detach()))
+
+
 def learning_rate(step: int, cfg: DownstreamConfig) -> float:
     """lr of step ``step`` (0-based) at layer scale 1: warm-up ``lr (step + 1) / warmup``, then cosine to 0."""
     return lr_at_step(step, cfg.lr, 0.0, cfg.warmup, cfg.steps, from_zero=False)
@@ -154,5 +167,5 @@ def batch_schedule(num_samples: int, cfg: DownstreamConfig, generator: torch.Gen
 
 __all__ = [
     "SegmentationScores", "TaskModel", "batch_schedule", "build_optimization", "encoder_layer_id", "layer_groups",
-    "learning_rate", "no_decay_names", "optim_config", "param_groups", "uses_weight_decay",
+    "learning_rate", "no_decay_names", "optim_config", "param_groups", "take_step", "uses_weight_decay",
 ]

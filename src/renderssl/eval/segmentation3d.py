@@ -73,7 +73,7 @@ from ..data.scenes import SceneRef, open_scene
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..train.distributed import resolve_device
-from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization
+from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization, take_step
 from .tasks import POINT_FEATURES, DownstreamConfig, PointTaskConfig
 
 
@@ -239,14 +239,7 @@ def train_point_segmentation(encoder: nn.Module, train_scenes: list, cfg: Downst
     for step, idx in enumerate(batch_schedule(len(clouds), cfg, generator)):
         batch = point_batch([training_sample(dataset[int(i)], cfg.points, generator) for i in idx], cfg.points)
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        loss = model.forward_loss(model(batch), batch["semantic"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"3D segmentation: non-finite loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        model.loss_history.append(float(loss.detach()))
+        take_step(model, model.forward_loss(model(batch), batch["semantic"]), optimizer, lr_schedule, step, "3D segmentation")
     return model.eval()
 
 

@@ -81,7 +81,7 @@ from ..errors import InputError
 from ..models.heads.ray_task_head import RayTaskHead, RayTaskHeadConfig
 from ..models.nerf.generalizable_nerf import GeneralizableNeRF, RayOutput, SourceViews
 from ..train.distributed import resolve_device
-from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization
+from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization, take_step
 from .metrics import DepthMeter, psnr
 from .novel_views import nearest_sources
 from .tasks import VIEW_TASKS, DownstreamConfig, ViewTaskConfig
@@ -307,13 +307,7 @@ def train_view_task(encoder: nn.Module, train_scenes: list, cfg: DownstreamConfi
             batch = to_device(collate_stacked([dataset[int(i)] for i in idx]), device)
             check_classes(batch, model.num_classes, cfg.task)
             loss, terms = model.training_loss(batch, generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{cfg.task}: non-finite loss at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr_schedule.step()
-            model.loss_history.append(float(loss.detach()))
+            take_step(model, loss, optimizer, lr_schedule, step, cfg.task)
             model.mse_history.append(terms["mse"])
     return model.eval()
 

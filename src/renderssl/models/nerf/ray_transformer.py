@@ -49,6 +49,16 @@ class FeedForward(nn.Module):
         return self.dp(self.fc2(self.dp(self.activ(self.fc1(x)))))
 
 
+def check_block_args(where: str, ff_hidden: int | None, dim: int, dropout: float) -> int:
+    """The feed-forward width (4 dim by default) of a transformer block, after checking the block's arguments."""
+    ff_hidden = 4 * dim if ff_hidden is None else int(ff_hidden)
+    if ff_hidden < 1:
+        raise InputError(f"{where}: ff_hidden must be >= 1, got {ff_hidden}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InputError(f"{where}: dropout must be in [0, 1), got {dropout}")
+    return ff_hidden
+
+
 def attention_weights(q: Tensor, k: Tensor, heads: int) -> Tensor:
     """softmax(Q K^T / sqrt(d_head)) per head: q, k (N, S, dim) -> (N, heads, S, S), rows sum to one."""
     q = q.unflatten(-1, (heads, -1)).transpose(1, 2)  # (N, h, S, d)
@@ -86,11 +96,7 @@ class RayTransformer(nn.Module):
         for name, value in (("dim", dim), ("heads", heads)):
             if int(value) < 1:
                 raise InputError(f"RayTransformer: {name} must be >= 1, got {value}")
-        ff_hidden = 4 * dim if ff_hidden is None else int(ff_hidden)
-        if ff_hidden < 1:
-            raise InputError(f"RayTransformer: ff_hidden must be >= 1, got {ff_hidden}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise InputError(f"RayTransformer: dropout must be in [0, 1), got {dropout}")
+        ff_hidden = check_block_args("RayTransformer", ff_hidden, dim, dropout)
         self.dim = dim
         self.attn_norm = nn.LayerNorm(dim, eps=1e-6)
         self.ff_norm = nn.LayerNorm(dim, eps=1e-6)

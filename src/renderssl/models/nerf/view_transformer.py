@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from .ray_transformer import FeedForward
+from .ray_transformer import FeedForward, check_block_args
 
 RAY_DIFF_DIM = 4  # GNT's relative-direction feature: unit (query dir - source dir) (3) and their dot (1)
 
@@ -98,11 +98,7 @@ class ViewTransformer(nn.Module):
 
     def __init__(self, dim: int, ff_hidden: int | None = None, dropout: float = 0.1):
         super().__init__()
-        ff_hidden = 4 * dim if ff_hidden is None else int(ff_hidden)
-        if ff_hidden < 1:
-            raise InputError(f"ViewTransformer: ff_hidden must be >= 1, got {ff_hidden}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise InputError(f"ViewTransformer: dropout must be in [0, 1), got {dropout}")
+        ff_hidden = check_block_args("ViewTransformer", ff_hidden, dim, dropout)
         self.dim = dim
         self.attn_norm = nn.LayerNorm(dim, eps=1e-6)
         self.ff_norm = nn.LayerNorm(dim, eps=1e-6)
