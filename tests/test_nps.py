@@ -1,11 +1,9 @@
 """NPS: the recipe's step, its parameter groups, the curriculum through the trainer, and learning one scene."""
 
-import dataclasses
-
 import pytest
 import torch
 
-from renderssl.data.datasets import MultiViewDataset, collate_stacked, near_far
+from renderssl.data.datasets import collate_stacked, near_far
 from renderssl.data.synthetic import SyntheticConfig, generate_scene
 from renderssl.data.views import SourceViewCurriculum, select_target_and_sources
 from renderssl.errors import InputError

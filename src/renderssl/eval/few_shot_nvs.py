@@ -404,7 +404,7 @@ def evaluate_nps_run(run_dir, cfg, method, split: str, max_scenes: int, log, ove
     """``renderssl evaluate`` of an NPS run with ``--scene`` / ``--few-shot`` / ``--video``: zero-shot novel
     views (the test split's, or ``scene``'s), then the few-shot table and the camera path; evaluation.json."""
     from ..data.build import load_split
-    from ..evaluate import EXAMPLES, SPLIT_KEYS, data_overrides, empty_split, evaluate_novel_view_run, model_size
+    from ..evaluate import SPLIT_KEYS, data_overrides, empty_split, evaluate_novel_view_run, model_size
     from ..viz import save_grid
     from .camera_path import MAX_FRAMES, MP4_NEEDS, PER_PAIR, camera_path, render_camera_path, write_gif, write_mp4
     from .novel_views import FLOOR as NV_FLOOR, MODEL, format_comparison, lpips_or_reason
