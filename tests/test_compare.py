@@ -59,6 +59,8 @@ def test_bad_compare_configs():
         CompareConfig()
     with pytest.raises(InputError, match="unknown"):
         CompareConfig(encoders=["x"], tasks=["detection"])
+    with pytest.raises(InputError, match="first_seed >= 0"):
+        CompareConfig(encoders=["x"], first_seed=-1)
 
 
 def test_architecture_spec_sets_preset_and_fields():
@@ -103,8 +105,10 @@ def test_point_encoders_of_different_input_features_each_get_their_own(tmp_path)
     ds = DownstreamConfig(steps=1, batch_size=2, warmup=0, device="cpu",
                           points=PointTaskConfig(features="color", grid_size=0.1, max_points=2000))
     cfg = CompareConfig(encoders=[str(rgb), str(rgb_normal)], architectures=["pointnet2:small"], fractions=[1.0], seeds=1,
-                        data=DATA, downstream=ds, out_dir=str(tmp_path / "cmp"))
-    results = run_compare(cfg, log=lambda s: None)["tasks"]["segmentation3d"]
+                        first_seed=2, data=DATA, downstream=ds, out_dir=str(tmp_path / "cmp"))
+    logged = []
+    results = run_compare(cfg, log=logged.append)["tasks"]["segmentation3d"]
+    assert sum("seed 2 " in line for line in logged) == 4 and not any("seed 0 " in line for line in logged)
     assert results["point_features"] == {"rgb": "color", "rgbn": "color_normal", "scratch": "color", "pointnet2:small (scratch)": "color"}
     assert all(0.0 <= v["1.0"][0] <= 1.0 for v in results["runs"].values())
     assert "rgbn: color_normal" in (tmp_path / "cmp" / "comparison.md").read_text()

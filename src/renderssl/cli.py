@@ -210,7 +210,7 @@ def _compare(args) -> None:
     encoders = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
     data = {
-        "encoders": encoders, "names": [n for n in args.names.split(",") if n], "seeds": args.seeds,
+        "encoders": encoders, "names": [n for n in args.names.split(",") if n], "seeds": args.seeds, "first_seed": args.first_seed,
         "architectures": [a for a in args.architectures.split(",") if a],
         "tasks": [t for t in args.tasks.split(",") if t], "fractions": [float(f) for f in args.fractions.split(",") if f],
         "scratch": not args.no_scratch, "out_dir": args.out,
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "sparse_unet/pointnet2, view_segmentation,view_depth for nerf_transformer (NPS))")
     cmp.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0", help="label fractions of the training scenes")
     cmp.add_argument("--seeds", type=int, default=3)
+    cmp.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST + SEEDS - 1")
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
     cmp.add_argument("--out", default="runs/compare")
     cmp.set_defaults(handler=_compare)

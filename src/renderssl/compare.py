@@ -64,6 +64,7 @@ class CompareConfig:
     tasks: list[str] = field(default_factory=list)  # empty: the encoders' family defaults (module docstring)
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (another process can run the next seeds)
     scratch: bool = True
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     data: DataConfig | None = None  # default: the first encoder's pretraining data (same scene splits)
@@ -77,8 +78,8 @@ class CompareConfig:
         bad = [t for t in self.tasks if t not in TASK_METRIC]
         if bad:
             raise InputError(f"compare.tasks: unknown {bad}; expected some of {list(TASK_METRIC)}")
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions) or self.seeds < 1:
-            raise InputError("compare: fractions must lie in (0, 1] and seeds must be >= 1")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions) or self.seeds < 1 or self.first_seed < 0:
+            raise InputError("compare: fractions must lie in (0, 1], seeds must be >= 1 and first_seed >= 0")
 
 
 def pretraining_scene_ids(info: dict) -> set | None:
@@ -188,7 +189,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         runs = {e.name: {f: [] for f in cfg.fractions} for e in task_entries}
         scores = {e.name: {str(f): [] for f in cfg.fractions} for e in task_entries}  # every scalar metric
         for fraction in cfg.fractions:
-            for seed in range(cfg.seeds):
+            for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
                 ds = from_dict(DownstreamConfig, {**to_dict(cfg.downstream), "task": task, "label_fraction": fraction, "seed": seed})
                 for entry in task_entries:
                     name = entry.name
