@@ -70,17 +70,10 @@ def architecture_family(architecture: str) -> str:
     return "points" if architecture in POINT_ARCHITECTURES else "views" if architecture in VIEW_ARCHITECTURES else "image"
 
 
-def check_family_has_tasks(architecture: str, encoder: str) -> None:
-    """Raise when no downstream task takes encoders of ``architecture``'s family."""
-    if not FAMILY_TASKS[architecture_family(architecture)]:
-        raise InputError(f"encoder {encoder!r} is a {architecture} encoder: no downstream task of renderssl takes it "
-                         "yet (evaluate its run with `renderssl evaluate RUN`)")
-
 
 def check_task_fits(task: str, architecture: str, encoder: str) -> None:
     """Raise a one-line :class:`InputError` naming the task and the encoder when they do not fit."""
     family = task_family(task)
-    check_family_has_tasks(architecture, encoder)
     if architecture_family(architecture) != family:
         raise InputError(f"task {task!r} needs {FAMILY_WORDS[family]}; encoder {encoder!r} is a {architecture} "
                          f"encoder (its tasks: {', '.join(FAMILY_TASKS[architecture_family(architecture)])})")
@@ -88,7 +81,6 @@ def check_task_fits(task: str, architecture: str, encoder: str) -> None:
 
 def default_task(architecture: str) -> str:
     """The task ``renderssl finetune`` runs for an encoder of ``architecture`` when none is given."""
-    check_family_has_tasks(architecture, architecture)
     return DEFAULT_TASKS[architecture_family(architecture)][0]
 
 
@@ -100,8 +92,6 @@ def assign_tasks(entries: dict[str, str], tasks: list[str] | None) -> dict[str, 
     """
     if not entries:
         raise InputError("no encoders to assign tasks to")
-    for name, arch in entries.items():
-        check_family_has_tasks(arch, name)
     families = {name: architecture_family(arch) for name, arch in entries.items()}
     if not tasks:
         present = sorted(set(families.values()))
