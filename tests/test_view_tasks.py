@@ -51,20 +51,23 @@ def test_ray_labels_are_the_target_pixels_labels():
     batch = {"semantic": torch.stack([torch.full_like(semantic, 7), semantic], dim=1)}  # (1, 2, 3, 4): source, target
     labels, valid = target_labels(batch, "view_segmentation")
     assert torch.equal(labels, semantic) and int(valid.sum()) == 8
-    pixels, labelled = pick_ray_pixels(valid, 8, torch.Generator().manual_seed(0))  # every labelled pixel, once
+    pixels, labelled = pick_ray_pixels(valid, 12, torch.Generator().manual_seed(0))  # every pixel, once
     uv = pixel_centres(pixels, 4)
     rays = gather_pixels(labels, pixels)
-    hand = {(i, j) for i in range(3) for j in range(4) if semantic[0, i, j] >= 0}
     got = {(int(v - 0.5), int(u - 0.5)) for u, v in uv[0].tolist()}  # uv = (j + 0.5, i + 0.5)
-    assert got == hand and bool(labelled.all())
-    for (u, v), label in zip(uv[0].tolist(), rays[0].tolist()):
-        assert label == int(semantic[0, int(v), int(u)])  # the pixel the ray's centre lies in
+    assert got == {(i, j) for i in range(3) for j in range(4)}
+    for (u, v), label, flag in zip(uv[0].tolist(), rays[0].tolist(), labelled[0].tolist()):
+        assert label == int(semantic[0, int(v), int(u)]) and flag == (label >= 0)  # the pixel the ray's centre lies in
     rgb = torch.arange(24.0).reshape(1, 2, 3, 4)  # (B, C, H, W) colours
     colours = gather_pixels(rgb, pixels)  # (1, R, 2)
     for (u, v), c in zip(uv[0].tolist(), colours[0].tolist()):
         assert c == [float(rgb[0, 0, int(v), int(u)]), float(rgb[0, 1, int(v), int(u)])]
-    pixels, labelled = pick_ray_pixels(valid, 10, torch.Generator().manual_seed(1))  # 8 labelled + 2 fillers
-    assert int(labelled.sum()) == 8 and not bool(labelled[0, 8:].any()) and len(set(pixels[0].tolist())) == 10
+    counts = torch.zeros(12)
+    for seed in range(600):  # 4 distinct rays of 12 pixels: each pixel drawn with probability 1/3, labelled or not
+        pixels, labelled = pick_ray_pixels(valid, 4, torch.Generator().manual_seed(seed))
+        assert len(set(pixels[0].tolist())) == 4 and torch.equal(labelled, valid.reshape(1, -1).gather(1, pixels))
+        counts[pixels[0]] += 1
+    assert bool(((counts / 600 - 1 / 3).abs() < 0.08).all()), counts
     depth = torch.tensor([[[[0.0, 2.0], [3.0, 0.0]]]]).expand(1, 2, 1, 2, 2)  # (B, V, 1, H, W)
     labels, valid = target_labels({"depth": depth}, "view_depth")
     assert labels.shape == (1, 2, 2) and valid.tolist() == [[[False, True], [True, False]]]

@@ -31,11 +31,12 @@ Views (ours)
   NPS's curriculum trains down to 2); a split whose smallest scene has no more frames than that is refused.
 Training (:func:`train_view_task`)
   Each step: ``batch_size`` samples (scenes in successive random permutations, :func:`batch_schedule`;
-  new targets every step: the dataset's epoch is the step), ``views.rays_per_target`` distinct random
-  rays per target at pixels with a label (semantic >= 0 | depth > 0; a target with fewer labelled pixels
-  gets its labelled ones plus unlabelled fillers that only the colour term counts, :func:`pick_ray_pixels`),
-  samples stratified in inverse depth. Loss = ``views.rgb_weight`` x MSE(colour, target pixels) (NPS's
-  joint NVS objective; 1 by default) + the task term over labelled rays: cross-entropy of the logits, or
+  new targets every step: the dataset's epoch is the step), ``views.rays_per_target`` distinct rays per
+  target uniform over the image as in pretraining (:func:`pick_ray_pixels`), samples stratified in inverse
+  depth. Loss = ``views.rgb_weight`` x MSE(colour, target pixels) over every ray (NPS's joint NVS
+  objective; 1 by default) + the task term over the rays at labelled pixels (semantic >= 0 | depth > 0;
+  rays drawn among labelled pixels only made the fine-tuned NeRF forget an object scene's unlabelled
+  background: its held-out PSNR fell from 19.5 to 12.3 dB in 20 steps): cross-entropy of the logits, or
   (ours) L1 between log predicted and log true z-depth, scale-relative as the image depth task
   (:mod:`.downstream`), finite since the head's depth lies in the positive sample range.
   Optimiser and schedule: :func:`~renderssl.eval.finetuning.build_optimization` (AdamW, warm-up + cosine,
@@ -106,13 +107,15 @@ def target_labels(batch: dict, task: str) -> tuple[Tensor, Tensor]:
 
 
 def pick_ray_pixels(valid: Tensor, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``count`` distinct random flat pixels per target, labelled ones first: valid (B, H, W) bool ->
-    pixels (B, R) int64 (i W + j) and whether each is labelled (B, R). Uniform among the labelled pixels
-    (top-k of i.i.d. keys, labelled keys shifted above the others)."""
+    """``count`` distinct flat pixels per target, uniform over the whole image as in pretraining (top-k of
+    i.i.d. keys): valid (B, H, W) bool -> pixels (B, R) int64 (i W + j) and whether each is labelled (B, R).
+    The colour term covers every ray, the task term the labelled ones: rays drawn among labelled pixels
+    only would leave the unlabelled ones (an object scene's background) out of the colour term, and the
+    fine-tuned NeRF forgets how to render them."""
     B, H, W = valid.shape
     if count > H * W:
         raise InputError(f"downstream.views.rays_per_target: {count} rays wanted from targets of {H}x{W} = {H * W} pixels")
-    keys = torch.rand((B, H * W), generator=generator) + valid.reshape(B, -1).cpu().float()  # (B, H W) labelled in [1, 2)
+    keys = torch.rand((B, H * W), generator=generator)  # (B, H W)
     pixels = keys.topk(count, dim=1).indices.to(valid.device)  # (B, R)
     return pixels, valid.reshape(B, -1).gather(1, pixels)
 
