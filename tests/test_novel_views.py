@@ -106,7 +106,7 @@ def test_lpips_is_scored_for_model_and_floor_when_the_weight_files_exist(tmp_pat
     from renderssl.eval.lpips import LPIPS
     from renderssl.eval.novel_views import evaluate_novel_views, lpips_or_reason
     from renderssl.methods.base import Method
-    from renderssl.methods.gs3 import LPIPSWeights
+    from renderssl.eval.lpips import LPIPSWeights
 
     class Grey(Method):  # renders every target mid-grey
         num_context = 2

@@ -96,7 +96,10 @@ def test_the_curriculum_follows_the_trainers_steps(tmp_path):
     from renderssl.eval.novel_views import nearest_sources, novel_view_dataset
     from renderssl.evaluate import evaluate_run
 
-    result = evaluate_run(tmp_path, overrides=["nps.eval_source_views=2"], log=lambda s: None)["novel_views"]
+    logged = []
+    result = evaluate_run(tmp_path, overrides=["nps.eval_source_views=2", "nps.lpips_weights.vgg_path=/nowhere/vgg.pth"],
+                          log=logged.append)["novel_views"]
+    assert any("LPIPS: n/a (no LPIPS weights: set nps.lpips_weights.vgg_path" in line for line in logged)
     assert result["context_views"] == 2 and result["images"] == 1
     assert 0 < result["model"]["psnr"] < 60 and 0 < result["nearest_context_view"]["psnr"] < 60
     scenes = load_split(cfg.data, "test")
@@ -105,7 +108,7 @@ def test_the_curriculum_follows_the_trainers_steps(tmp_path):
     dist = (c2w[:, :3, 3] - c2w[s["view_ids"][-1], :3, 3]).norm(dim=-1)
     dist[s["view_ids"][-1]] = float("inf")
     assert set(s["view_ids"][:2].tolist()) == set(dist.argsort()[:2].tolist())  # exactly the 2 nearest
-    with pytest.raises(InputError, match="only data.\\* keys and nps.eval_source_views, nps.eval_chunk"):
+    with pytest.raises(InputError, match="only data.\\* keys and nps.eval_source_views, nps.eval_chunk, nps.lpips_weights"):
         evaluate_run(tmp_path, overrides=["nps.num_samples=4"], log=lambda s: None)
 
 

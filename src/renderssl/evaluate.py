@@ -201,10 +201,10 @@ def data_overrides(run_dir: Path, overrides, method: str = "", evaluation_fields
     overrides = list(overrides)
     if not overrides:
         return None
-    allowed = tuple(f"{method}.{name}=" for name in evaluation_fields)
+    allowed = tuple(f"{method}.{name}{end}" for name in evaluation_fields for end in ("=", "."))
     bad = [o for o in overrides if not o.startswith("data.") and not o.startswith(allowed)]
     if bad:
-        extra = f" and {', '.join(a[:-1] for a in allowed)}" if allowed else ""
+        extra = f" and {', '.join(f'{method}.{name}' for name in evaluation_fields)}" if evaluation_fields else ""
         raise InputError(f"evaluate: {bad[0]}: only data.* keys{extra} can be overridden (the model is the run's)")
     return load_experiment(run_dir / "config.yaml", overrides)
 

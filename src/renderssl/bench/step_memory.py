@@ -85,7 +85,7 @@ def model_state_bytes(method: torch.nn.Module, optimizer: torch.optim.Optimizer)
 def lpips_weight_fields(config, prefix: str = "") -> list[str]:
     """Dotted names of the LPIPS weight-path sections (``LPIPSWeights``) inside a recipe config whose
     files are not both set and present, where the config's ``lpips_weight`` beside them is > 0."""
-    from ..methods.gs3 import LPIPSWeights
+    from ..eval.lpips import LPIPSWeights
 
     found = []
     for f in dataclasses.fields(config):

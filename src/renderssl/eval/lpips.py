@@ -26,12 +26,21 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..errors import InputError
+
+
+@dataclass
+class LPIPSWeights:
+    """Local LPIPS-VGG weight files, the config section a recipe names them in (nothing is downloaded)."""
+
+    vgg_path: str | None = None  # a torchvision vgg16 state dict (.pth or .safetensors)
+    lin_path: str | None = None  # the lpips package's weights/v0.1/vgg.pth
 
 # torchvision vgg16 `features`: numbers are conv output channels, "M" a 2x2 max-pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

@@ -87,6 +87,7 @@ from torch import Tensor, nn
 from ..data.points import normalize_color, random_mask_per_cloud
 from ..data.views import ViewSelectionConfig
 from ..errors import InputError
+from ..eval.lpips import LPIPSWeights
 from ..geometry import Cameras, axis_angle_to_rotmat
 from ..models.encoders.pointnet2 import PointNet2, PointNet2Config
 from ..models.encoders.resnet import ResNet, ResNetConfig
@@ -103,14 +104,6 @@ POINT_ARCHITECTURES = ("pointnet2", "sparse_unet")  # the 3D path
 ARCHITECTURES = (*POINT_ARCHITECTURES, "resnet")  # resnet: the 2D path
 NUM_CONTEXT = 2  # GS³: a pair of views with overlapping fields of view
 IN_CHANNELS = 3  # RGB
-
-
-@dataclass
-class LPIPSWeights:
-    """Local LPIPS-VGG weight files (``eval/lpips.py``)."""
-
-    vgg_path: str | None = None  # a torchvision vgg16 state dict (.pth or .safetensors)
-    lin_path: str | None = None  # the lpips package's weights/v0.1/vgg.pth
 
 
 def _default_pointnet2() -> PointNet2Config:
@@ -463,5 +456,5 @@ class GS3(Method):
         return renders
 
 
-__all__ = ["GS3", "GS3Config", "LPIPSWeights", "PointSet", "backproject_context", "random_rotations", "rotate_scenes",
+__all__ = ["GS3", "GS3Config", "PointSet", "backproject_context", "random_rotations", "rotate_scenes",
            "scene_pivots"]

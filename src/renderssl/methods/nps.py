@@ -32,7 +32,9 @@ Our choices where the papers are silent (also in docs/methods.md):
   nearest source view; a full-frame rendering is ``renderssl evaluate``'s.
 - Novel views (``render_targets``, ``renderssl evaluate``): every pixel of each target rendered from the
   batch's first ``eval_source_views`` views (the target's nearest views, chosen by the evaluation's
-  dataset), bin midpoints in inverse depth (deterministic), ``eval_chunk`` rays at a time.
+  dataset), bin midpoints in inverse depth (deterministic), ``eval_chunk`` rays at a time; LPIPS when
+  ``lpips_weights`` names local files (settable at evaluation: ``renderssl evaluate RUN
+  nps.lpips_weights.vgg_path=... nps.lpips_weights.lin_path=...``).
 - A scene of fewer frames than the sources wanted: the count is capped for the whole dataset at its
   smallest scene's frames - 1 (``MultiViewDataset``).
 """
@@ -48,6 +50,7 @@ from torch import Tensor
 
 from ..data.views import SourceViewCurriculum
 from ..errors import InputError
+from ..eval.lpips import LPIPSWeights
 from ..models.nerf.generalizable_nerf import GeneralizableNeRF, GeneralizableNeRFConfig
 from ..typed_config import to_dict
 from .base import Method, MethodOutput, ParamGroup, StepContext
@@ -64,6 +67,7 @@ class NPSConfig:
     feature_lr: float | None = 1e-3  # GNT's lrate_feature; None: the optimiser's lr
     eval_source_views: int = 10  # render_targets / renderssl evaluate: the target's nearest views
     eval_chunk: int = 4096  # rays per target rendered at a time in render_targets
+    lpips_weights: LPIPSWeights = dataclasses.field(default_factory=LPIPSWeights)  # evaluation's LPIPS (local files)
 
     def __post_init__(self):
         for name in ("rays_per_target", "num_samples", "eval_source_views", "eval_chunk"):
@@ -79,7 +83,7 @@ class NPS(Method):
     config_class = NPSConfig
     sample_type = "multiview"
     encoder_architecture = "nerf_transformer"
-    evaluation_fields = ("eval_source_views", "eval_chunk")
+    evaluation_fields = ("eval_source_views", "eval_chunk", "lpips_weights")
 
     def __init__(self, config: NPSConfig):
         super().__init__()
