@@ -13,7 +13,7 @@ BASE = [p for p in presets() if p.endswith("_base")]
 
 
 def test_there_are_base_presets_of_every_recipe():
-    assert {"gmae_base", "mae_base", "mask3d_base", "gs3_rgbd_base", "gs3_rgb_base", "ponder_base", "ponder_images_base"} <= set(BASE)
+    assert {"gmae_base", "mae_base", "mask3d_base", "gs3_rgbd_base", "gs3_rgb_base", "ponder_base", "ponder_images_base", "nps_base"} <= set(BASE)
 
 
 @pytest.mark.parametrize("preset", BASE)
@@ -25,6 +25,8 @@ def test_base_preset_builds_and_takes_one_step(preset, tmp_path):
         cfg = load_experiment(preset, [*overrides, f"{cfg.method}.init_from=null"])  # Stage I is a run of its own preset
     if "lpips_weight" in cfg.method_config.__dataclass_fields__:  # LPIPS weights are local files a test machine lacks
         cfg = load_experiment(preset, [*overrides, f"{cfg.method}.lpips_weight=0"])
+    if "rays_per_target" in cfg.method_config.__dataclass_fields__:  # NPS: 2048 rays hold ~48 GiB on a CPU; the model is whole
+        cfg = load_experiment(preset, [*overrides, f"{cfg.method}.rays_per_target=32"])
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in build_method(cfg).encoder.state_dict().items()}
     summary = run_pretraining(cfg)
