@@ -1,4 +1,4 @@
-"""View selection for the multi-view recipes (GS³ now; PonderV2 and NPS through the same functions).
+"""View selection for the multi-view recipes (GS³, PonderV2 and NPS, through the same functions).
 
 Every selector is a pure function from scene metadata (frame count, cameras, depth) to frame indices,
 drawing its randomness from the caller's ``torch.Generator`` only, so a sample is a function of its seed.
