@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from renderssl.errors import InputError
-from renderssl.models.encoders.resunet import ResUNet, ResUNetConfig, build_resunet
+from renderssl.models.encoders.resunet import ResUNet, ResUNetConfig
 
 
 @pytest.mark.parametrize("H, W", [(64, 48), (320, 240)])
@@ -20,14 +20,14 @@ def test_output_shape_and_stride_gnt_preset(H, W):
 
 
 def test_odd_intermediate_sizes_are_resized_to_the_skip():
-    net = build_resunet({"preset": "tiny"})
+    net = ResUNet(ResUNetConfig(preset="tiny"))
     with torch.no_grad():
         out = net(torch.rand(2, 3, 36, 60))  # 1/8: 5 x 8, 1/16: 3 x 4 (odd intermediate sizes)
     assert out.shape == (2, 16, 9, 15)
 
 
 def test_bad_inputs_are_input_errors():
-    net = build_resunet({"preset": "tiny"})
+    net = ResUNet(ResUNetConfig(preset="tiny"))
     with pytest.raises(InputError, match="divisible by 4"):
         net(torch.rand(1, 3, 42, 64))
     with pytest.raises(InputError, match="> 16"):
@@ -61,7 +61,7 @@ def test_instance_norm_keeps_images_independent_unlike_batch_norm():
 
 
 def test_gradient_reaches_conv1_and_the_input():
-    net = build_resunet({"preset": "tiny"})
+    net = ResUNet(ResUNetConfig(preset="tiny"))
     x = torch.rand(2, 3, 32, 48, requires_grad=True)
     net(x).square().mean().backward()
     assert net.conv1.weight.grad is not None and float(net.conv1.weight.grad.abs().sum()) > 0

@@ -418,7 +418,6 @@ GNT_NUM_SOURCE_VIEWS = 10  # GNT's num_source_views (gnt_full.txt)
 GNT_COUNT_JITTER = 2  # GNT: num_source_views + U{-2..2}
 GNT_FACTOR_PROBS = (0.2, 0.45, 0.35)  # GNT: candidate factor f in {1, 2, 3}
 GNT_MAX_CANDIDATES = 22  # GNT: min(num_source_views * f, 22) candidates
-GNT_INCLUDE_TARGET_PROB = 0.005  # GNT's chance of swapping the target itself in (ours defaults to 0)
 CURRICULUM_SCHEDULES = ("linear", "cosine", "step")  # SourceViewCurriculum.schedule
 
 
@@ -487,16 +486,6 @@ class SourceViewCurriculum:
         for name in ("fewer_views", "farther_views", "uniform_sampling"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{p}{name}: expected a bool, got {getattr(self, name)!r}")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any hardness strategy is on (False: GNT's sampler)."""
-        return self.fewer_views or self.farther_views or self.uniform_sampling
-
-    @property
-    def max_count(self) -> int:
-        """The most source views any step draws: ``views_start + jitter``."""
-        return self.views_start + self.jitter
 
 
 @dataclass(frozen=True)
@@ -666,7 +655,7 @@ __all__ = [
     "DEFAULT_INTERVAL", "DEFAULT_MAX_OVERLAP", "DEFAULT_MIN_OVERLAP", "DEFAULT_REL_TOL", "DEFAULT_STRIDE",
     "ViewSelectionConfig", "frame_interval_pair", "nearest_views", "overlap", "overlap_matrix", "overlapping_pair",
     "overlapping_pairs", "pair_scores", "random_views", "select_context", "select_targets",
-    "CURRICULUM_SCHEDULES", "GNT_COUNT_JITTER", "GNT_FACTOR_PROBS", "GNT_INCLUDE_TARGET_PROB", "GNT_MAX_CANDIDATES",
+    "CURRICULUM_SCHEDULES", "GNT_COUNT_JITTER", "GNT_FACTOR_PROBS", "GNT_MAX_CANDIDATES",
     "GNT_NUM_SOURCE_VIEWS", "SourceViewCurriculum", "SourceViewPolicy", "curriculum_at", "curriculum_hardness",
     "draw_view_count", "select_source_views", "select_target_and_sources", "step_view_count", "views_by_distance",
 ]

@@ -361,8 +361,9 @@ def evaluate_few_shot(method, scenes: list[EvalScene], config: FewShotConfig, lr
             sums.add(ZERO_SHOT, image_scores(render_views(method, scene.views, train_ids, test_ids, near, far), truth, lpips))
             models = [(FINE_TUNED, copy.deepcopy(method))]
             if config.scratch:
-                torch.manual_seed(config.seed)
-                models.append((SCRATCH, type(method)(method.config)))
+                with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+                    torch.manual_seed(config.seed)
+                    models.append((SCRATCH, type(method)(method.config)))
             for name, model in models:
                 before = few_shot_loss(model, scene.views, train_ids, near, far, config.seed)
                 fine_tune(model, scene.views, train_ids, near, far, config.steps, lr, feature_lr, config.batch_size,

@@ -33,6 +33,8 @@ Scores (:class:`SegmentationScores`)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -143,13 +145,14 @@ def take_step(model: nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer, 
               what: str) -> None:
     """Backward, one optimizer and schedule step, and ``loss`` appended to ``model.loss_history``; a
     non-finite loss is an error naming ``what`` and the step (nothing is trained on it)."""
-    if not torch.isfinite(loss):
+    value = float(loss.detach())  # one device sync for the check and the history
+    if not math.isfinite(value):
         raise FloatingPointError(f"{what}: non-finite loss at step {step}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     lr_schedule.step()
-    model.loss_history.append(float(loss.detach()))
+    model.loss_history.append(value)
 
 
 def learning_rate(step: int, cfg: DownstreamConfig) -> float:

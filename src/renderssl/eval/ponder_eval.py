@@ -69,7 +69,8 @@ from ..geometry import Cameras
 from ..methods.ponder import COLLIDER, RayBatch, collider_bounds, sample_cloud
 from ..models.volume import apply_to_cameras, apply_to_points, scale_of
 from ..render.volume import z_depth_from_ray_distance
-from .metrics import psnr, ssim
+from ..train.trainer import move_to_device
+from .metrics import depth_metrics, psnr, ssim
 from .novel_views import FLOOR, gather_views, nearest_context, novel_view_scenes
 from .surfaces import chamfer_and_fscore, extract_mesh, sample_surface, synthetic_surface_points, write_mesh_ply
 
@@ -106,17 +107,6 @@ def ponder_eval_dataset(scenes: list, data, recipe, size: tuple[int, int]) -> Mu
     return MultiViewDataset(scenes, seed=data.seed, size=size, resize=data.resize, views=views, num_targets=1,
                             cache_scenes=1, cache_mb=0, scene_cloud=recipe.scene_cloud,
                             transform=PonderEvalTransform(recipe.grid_size))
-
-
-def move_to(value, device):
-    """Tensors of a nested dict / list batch moved to ``device``."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: move_to(v, device) for k, v in value.items()}
-    if isinstance(value, list):
-        return [move_to(v, device) for v in value]
-    return value
 
 
 # ---- novel frames ----------------------------------------------------------------------------------
@@ -191,15 +181,6 @@ def render_frames_from_volume(method, batch: dict, volume: Tensor, S: Tensor, ch
     return colour.clamp(0, 1), depth
 
 
-def depth_abs_rel(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-image AbsRel (N,): mean |d - d*| / d* over the pixels with d* > 0 of (N, 1, H, W) depths; NaN for
-    an image without a valid pixel."""
-    valid = target > 0  # (N, 1, H, W)
-    err = torch.where(valid, (pred - target).abs() / target.clamp_min(1e-12), torch.zeros_like(pred))
-    count = valid.flatten(1).sum(1)  # (N,)
-    return torch.where(count > 0, err.flatten(1).sum(1) / count.clamp_min(1), torch.full_like(count, float("nan"), dtype=pred.dtype))
-
-
 def score_frames(batch: dict, num_context: int, rendering: Tensor, depth: Tensor) -> dict[str, Tensor]:
     """Per-target-image scores (B T,): psnr, ssim, depth_abs_rel of the model; floor_psnr, floor_ssim of the
     nearest context frame copied."""
@@ -209,7 +190,7 @@ def score_frames(batch: dict, num_context: int, rendering: Tensor, depth: Tensor
     nearest = gather_views(rgb[:, :C], nearest_context(c2w[:, :C], c2w[:, C:])).flatten(0, 1)  # (B T, 3, H, W)
     pred = rendering.flatten(0, 1).to(truth.dtype)  # (B T, 3, H, W)
     return {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth),
-            "depth_abs_rel": depth_abs_rel(depth.flatten(0, 1).to(truth.dtype), batch["depth"][:, C:].flatten(0, 1)),
+            "depth_abs_rel": depth_metrics(depth.flatten(0, 1), batch["depth"][:, C:].flatten(0, 1))["abs_rel"].to(truth.dtype),
             "floor_psnr": psnr(nearest, truth), "floor_ssim": ssim(nearest, truth)}
 
 
@@ -312,7 +293,7 @@ def evaluate_ponder(run_dir, cfg, method, split: str = "test", max_scenes: int =
         if len(per_scene) >= int(max_scenes):
             break
         try:
-            batch = move_to(collate_stacked([dataset[index]]), device)
+            batch = move_to_device(collate_stacked([dataset[index]]), device)
         except InputError as err:
             skipped.append(str(err))
             continue
@@ -382,6 +363,6 @@ def evaluate_ponder(run_dir, cfg, method, split: str = "test", max_scenes: int =
     return result
 
 
-__all__ = ["PonderEvalTransform", "context_views", "depth_abs_rel", "evaluate_ponder", "pixel_centres", "ponder_eval_dataset",
+__all__ = ["PonderEvalTransform", "context_views", "evaluate_ponder", "pixel_centres", "ponder_eval_dataset",
            "render_frames_from_volume", "render_rays", "render_target_frames", "scene_mesh", "score_frames", "surface_box", "true_surface",
            "unit_distance_to_z_metres", "unit_to_world"]

@@ -143,11 +143,11 @@ class NPS(Method):
         with torch.no_grad():
             terms["psnr"] = -10.0 * torch.log10(((out.rgb.clamp(0, 1) - target) ** 2).mean().clamp_min(1e-10))
             terms["source_views"] = torch.tensor(float(rgb.shape[1] - 1))
-            if "depth" in batch:
+            if "depth" in batch:  # always the same terms, whatever the rays hit (accumulation and DDP sum them)
                 depth = batch["depth"][:, -1].flatten(1).gather(1, pixels)  # (B, R) z-depth, 0 = invalid
                 valid = depth > 0
-                if bool(valid.any()):
-                    terms["depth_abs_rel"] = ((out.depth - depth).abs() / depth.clamp_min(1e-6))[valid].mean()
+                error = (out.depth - depth).abs() / depth.clamp_min(1e-6)  # (B, R)
+                terms["depth_abs_rel"] = (error * valid).sum() / valid.sum().clamp_min(1)
             renders = self.preview_renders(batch, pixels, out.rgb)
         return MethodOutput(mse, terms, renders, rendered_pixels=pixels.numel())
 

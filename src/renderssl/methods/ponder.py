@@ -98,7 +98,7 @@ from torch import Tensor, nn
 from ..data.datasets import SceneCloudConfig
 from ..data.points import (
     PointAugmentConfig, augment_points, block_mask, grid_coordinates, grid_sample, normalize_color,
-    random_point_mask, select_points,
+    offset_to_batch, random_point_mask, select_points,
 )
 from ..data.text_embeddings import SEMANTIC_OFF_MESSAGE, load_class_embeddings
 from ..data.views import ViewSelectionConfig
@@ -109,7 +109,7 @@ from ..models.encoders.sparse_unet import SparseUNet, SparseUNetConfig
 from ..models.encoders.vit import ViTConfig, VisionTransformer
 from ..models.heads.sdf_field import SDFFieldConfig, VolumeSDFField
 from ..models.volume import (
-    IMAGE_ARCHITECTURES, UNIT_BOX, ImageVolume, UNet3D, apply_to_cameras, apply_to_points, densify, frames_unit_cube,
+    IMAGE_ARCHITECTURES, ImageVolume, UNet3D, apply_to_cameras, apply_to_points, densify, frames_unit_cube,
     patch_mask, scale_of, unit_cube_transforms,
 )
 from ..render.volume import SingleVariance, ray_distance_from_z_depth, render_neus
@@ -326,10 +326,10 @@ class Ponder(Method):
         self.image_volume = None
         if config.encoder_architecture == "resnet":
             self.encoder = ResNet(config.resnet)
-            self.image_volume = ImageVolume("resnet", self.encoder.feature_channels, config.image_feature_dim, config.grid_shape)
+            self.image_volume = ImageVolume("resnet", self.encoder.feature_channels, config.image_feature_dim, config.grid_shape, config.field.box)
         elif config.encoder_architecture == "vit":
             self.encoder = VisionTransformer(config.vit)
-            self.image_volume = ImageVolume("vit", self.encoder.embed_dim, config.image_feature_dim, config.grid_shape)
+            self.image_volume = ImageVolume("vit", self.encoder.embed_dim, config.image_feature_dim, config.grid_shape, config.field.box)
         else:
             self.encoder = SparseUNet(config.sparse_unet)
         volume_in = config.image_feature_dim if config.image_branch else self.encoder.out_channels
@@ -383,11 +383,11 @@ class Ponder(Method):
     def feature_volume(self, cloud: dict) -> tuple[Tensor, Tensor]:
         """Packed clouds -> (volume (B, C, Z, Y, X), unit-cube similarities S (B, 4, 4))."""
         points, offset = cloud["points"], cloud["offset"].to(cloud["points"].device)
-        batch = torch.repeat_interleave(torch.arange(len(offset), device=points.device), torch.diff(offset, prepend=offset.new_zeros(1)))
+        batch = offset_to_batch(offset).to(points.device)  # (N,) scene of every point
         features = self.encoder(points, self.point_features(cloud), offset)  # (N, 96)
         S = unit_cube_transforms(points, offset)  # (B, 4, 4)
         points_unit = apply_to_points(points, batch, S)  # (N, 3)
-        dense = densify(features, points_unit, batch, len(offset), self.config.grid_shape, UNIT_BOX)  # (B, 96, Z, Y, X)
+        dense = densify(features, points_unit, batch, len(offset), self.config.grid_shape, self.config.field.box)  # (B, 96, Z, Y, X)
         return self.projection(dense), S  # (B, C, Z, Y, X)
 
     def feature_volume_from_images(self, batch: dict, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -459,12 +459,13 @@ class Ponder(Method):
         labels = rays.labels if semantic is not None else None
         if labels is not None:
             labels = torch.where(hit, labels, torch.full_like(labels, -1))
-        terms = ponder_losses(self.config.loss, rgb[hit], rays.rgb[hit], depth, rays.distance, out.t, out.sdf,
+        rgb_hit, target_hit = rgb[hit], rays.rgb[hit]  # (H, 3) each: the rays that meet the collider
+        terms = ponder_losses(self.config.loss, rgb_hit, target_hit, depth, rays.distance, out.t, out.sdf,
                               out.gradients, semantic, labels, self.class_embeddings)
         loss = terms.pop("total")
         with torch.no_grad():
             valid = rays.distance > 0  # (R,)
-            mse = ((rgb[hit].clamp(0, 1) - rays.rgb[hit]) ** 2).mean().clamp_min(1e-10)
+            mse = ((rgb_hit.detach().clamp(0, 1) - target_hit) ** 2).mean().clamp_min(1e-10)
             terms.update(psnr=-10.0 * torch.log10(mse), inv_s=self.variance().detach(),
                          depth_abs_rel=((depth - rays.distance).abs() / rays.distance.clamp_min(1e-10))[valid].mean(),
                          hit_fraction=hit.float().mean())

@@ -197,11 +197,4 @@ class ResUNet(nn.Module):
         return self.out_conv(x)  # (N, out_channels, H/4, W/4)
 
 
-def build_resunet(config: ResUNetConfig | dict | None = None) -> ResUNet:
-    """A :class:`ResUNet` from a config or a dict of its fields (``{"preset": "tiny"}``)."""
-    if isinstance(config, dict):
-        config = ResUNetConfig(**config)
-    return ResUNet(config)
-
-
-__all__ = ["NORMS", "PRESETS", "ResUNet", "ResUNetConfig", "build_resunet"]
+__all__ = ["NORMS", "PRESETS", "ResUNet", "ResUNetConfig"]

@@ -18,8 +18,8 @@ no further detail; the rest is our choice:
 - ``kind="depth"``: the attention-weighted depth sum_s t_s a_s, a = the head's last block's attention
   averaged over heads, row 0, exactly as the trunk reads its depth (GNT's ``ret_alpha``); returns (N,).
   Chosen over a regressed value: it lies in [min t, max t] by construction, needs no scale for the scene's
-  depth range, and the depth loss trains the attention the trunk's depth already comes from. (Ray
-  distance t, not z-depth: the caller converts with the ray's direction, per DESIGN's z-depth convention.)
+  depth range, and the depth loss trains the attention the trunk's depth already comes from. The depth is
+  in the units of t: z-depth for renderssl's rays (``GeneralizableNeRF`` parameterises them by z-depth).
   Only the attention weights of the last block reach that output, so the last block is built as its
   attention-weights part only (``readout``: ``attn_norm``, ``q_fc``, ``k_fc``), the same numbers as a full
   block's weights without parameters that would get no gradient (DDP without ``find_unused_parameters``

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from ...render.grid import PADDING_MODES, trilinear_lookup, world_to_grid
+from ...render.grid import PADDING_MODES, trilinear_lookup
 from ...render.volume import AutogradSDFField, NeuSField
 from ..volume.densify import UNIT_BOX, box_tensors, centre_bounds
 
@@ -67,10 +67,11 @@ from ..volume.densify import UNIT_BOX, box_tensors, centre_bounds
 def unit_cube_to_grid(points: Tensor, grid_shape, box=UNIT_BOX) -> Tensor:
     """Unit-cube points (..., 3) -> align_corners=True grid coordinates (..., 3) of a (X, Y, Z) grid whose
     cells tile ``box``: ±1 at the centres of the first / last cells (``models.volume.centre_bounds``)."""
-    lo, hi = centre_bounds(grid_shape, box, points.dtype, points.device)  # (3,) each
     if min(int(n) for n in grid_shape) < 2:
         raise InputError(f"unit_cube_to_grid: grid_shape needs >= 2 cells per axis, got {tuple(grid_shape)}")
-    return world_to_grid(points, lo, hi)
+    lo, hi = centre_bounds(grid_shape, box, torch.float64)  # (3,) each, on the CPU: no device copy or sync per call
+    scale = [2.0 / float(h - l) for l, h in zip(lo, hi)]  # world_to_grid's 2 (p - lo) / (hi - lo) - 1 per axis
+    return torch.stack([points[..., a] * scale[a] - (float(lo[a]) * scale[a] + 1.0) for a in range(3)], dim=-1)
 
 
 class IFNetDecoder(nn.Module):

@@ -123,10 +123,14 @@ class GeneralizableNeRF(nn.Module):
         (disparity-bin midpoints), ``chunk`` rays per target at a time -> rgb (B, 3, H, W), depth (B, 1, H, W)."""
         H, W = sources.rgb.shape[-2:]
         B = K.shape[0]
-        uv = Cameras(K, c2w, W, H).pixel_centers().reshape(1, H * W, 2).expand(B, -1, -1)  # (B, H W, 2)
+        cameras = Cameras(K, c2w, W, H)
+        uv = cameras.pixel_centers().reshape(1, H * W, 2).expand(B, -1, -1)  # (B, H W, 2)
+        origins, dirs = cameras.rays_at(uv, normalize=False)  # (B, H W, 3) each; t = z-depth
+        t = inverse_depth_samples(near, far, H * W, num_samples)  # (B, H W, S), set up once for every chunk
         rgb, depth = [], []
         for start in range(0, H * W, chunk):
-            out = self.render_pixels(sources, K, c2w, uv[:, start:start + chunk], near, far, num_samples)
+            part = slice(start, start + chunk)
+            out = self.render_rays(sources, origins[:, part], dirs[:, part], t[:, part])
             rgb.append(out.rgb)
             depth.append(out.depth)
         rgb = torch.cat(rgb, dim=1).transpose(1, 2).reshape(B, 3, H, W)  # (B, 3, H, W)
