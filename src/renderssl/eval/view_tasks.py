@@ -80,7 +80,9 @@ from ..data.scenes import SceneCache, SceneList
 from ..data.types import PointCloud, ViewSet
 from ..errors import InputError
 from ..models.heads.ray_task_head import RayTaskHead, RayTaskHeadConfig
-from ..models.nerf.generalizable_nerf import GeneralizableNeRF, RayOutput, SourceViews
+from ..models.nerf.generalizable_nerf import (
+    GeneralizableNeRF, RayOutput, SourceViews, gather_pixels, pixel_centres, random_pixels,
+)
 from ..train.distributed import resolve_device
 from .finetuning import SegmentationScores, TaskModel, batch_schedule, build_optimization, take_step
 from .metrics import DepthMeter, psnr
@@ -113,24 +115,8 @@ def pick_ray_pixels(valid: Tensor, count: int, generator: torch.Generator) -> tu
     only would leave the unlabelled ones (an object scene's background) out of the colour term, and the
     fine-tuned NeRF forgets how to render them."""
     B, H, W = valid.shape
-    if count > H * W:
-        raise InputError(f"downstream.views.rays_per_target: {count} rays wanted from targets of {H}x{W} = {H * W} pixels")
-    keys = torch.rand((B, H * W), generator=generator)  # (B, H W)
-    pixels = keys.topk(count, dim=1).indices.to(valid.device)  # (B, R)
-    return pixels, valid.reshape(B, -1).gather(1, pixels)
-
-
-def pixel_centres(pixels: Tensor, width: int) -> Tensor:
-    """Flat pixels (B, R) i W + j -> uv (B, R, 2) = (j + 0.5, i + 0.5), DESIGN's pixel centres."""
-    return torch.stack([pixels % width, pixels // width], dim=-1).float() + 0.5  # (B, R, 2)
-
-
-def gather_pixels(maps: Tensor, pixels: Tensor) -> Tensor:
-    """maps (B, H, W) or (B, C, H, W) at flat pixels (B, R) -> (B, R) or (B, R, C)."""
-    if maps.dim() == 3:
-        return maps.flatten(1).gather(1, pixels)  # (B, R)
-    B, C = maps.shape[:2]
-    return maps.flatten(2).gather(2, pixels[:, None].expand(B, C, -1)).transpose(1, 2)  # (B, R, C)
+    pixels = random_pixels(B, H, W, count, generator, "downstream.views.rays_per_target").to(valid.device)  # (B, R)
+    return pixels, gather_pixels(valid, pixels)
 
 
 # ==================================================================================================

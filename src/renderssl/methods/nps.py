@@ -51,7 +51,9 @@ from torch import Tensor
 from ..data.views import SourceViewCurriculum
 from ..errors import InputError
 from ..eval.lpips import LPIPSWeights
-from ..models.nerf.generalizable_nerf import GeneralizableNeRF, GeneralizableNeRFConfig
+from ..models.nerf.generalizable_nerf import (
+    GeneralizableNeRF, GeneralizableNeRFConfig, gather_pixels, pixel_centres, random_pixels,
+)
 from ..typed_config import to_dict
 from .base import Method, MethodOutput, ParamGroup, StepContext
 
@@ -118,14 +120,6 @@ class NPS(Method):
         """(B,) near and far of the samples along the rays (GNT's widened bounds)."""
         return batch["near"].float() * self.config.near_scale, batch["far"].float() * self.config.far_scale
 
-    def ray_pixels(self, B: int, H: int, W: int, generator: torch.Generator, device) -> Tensor:
-        """(B, R) distinct uniform flat pixel indices i W + j per target (top-k of i.i.d. keys)."""
-        R = self.config.rays_per_target
-        if R > H * W:
-            raise InputError(f"nps.rays_per_target: {R} rays wanted from targets of {H}x{W} = {H * W} pixels")
-        keys = torch.rand((B, H * W), generator=generator)  # (B, H W)
-        return keys.topk(R, dim=1).indices.to(device)  # (B, R)
-
     # ---- the step --------------------------------------------------------------------------------
     def forward(self, batch: dict, ctx: StepContext = StepContext()) -> MethodOutput:
         self.check_batch(batch)
@@ -133,18 +127,18 @@ class NPS(Method):
         rgb, K, c2w = batch["rgb"], batch["K"].float(), batch["c2w"].float()  # (B, V + 1, 3, H, W), ...
         B, _, _, H, W = rgb.shape
         sources = self.encoder.encode_sources(rgb[:, :-1], K[:, :-1], c2w[:, :-1])
-        pixels = self.ray_pixels(B, H, W, generator, rgb.device)  # (B, R)
-        uv = torch.stack([pixels % W, pixels // W], dim=-1).float() + 0.5  # (B, R, 2) pixel centres
+        pixels = random_pixels(B, H, W, self.config.rays_per_target, generator, "nps.rays_per_target").to(rgb.device)  # (B, R)
+        uv = pixel_centres(pixels, W)  # (B, R, 2)
         near, far = self.bounds(batch)
         out = self.encoder.render_pixels(sources, K[:, -1], c2w[:, -1], uv, near, far, self.config.num_samples, generator)
-        target = rgb[:, -1].flatten(2).gather(2, pixels[:, None].expand(B, 3, -1)).transpose(1, 2)  # (B, R, 3)
+        target = gather_pixels(rgb[:, -1], pixels)  # (B, R, 3)
         mse = F.mse_loss(out.rgb, target)
         terms = {"mse": mse}
         with torch.no_grad():
             terms["psnr"] = -10.0 * torch.log10(((out.rgb.clamp(0, 1) - target) ** 2).mean().clamp_min(1e-10))
             terms["source_views"] = torch.tensor(float(rgb.shape[1] - 1))
             if "depth" in batch:  # always the same terms, whatever the rays hit (accumulation and DDP sum them)
-                depth = batch["depth"][:, -1].flatten(1).gather(1, pixels)  # (B, R) z-depth, 0 = invalid
+                depth = gather_pixels(batch["depth"][:, -1, 0], pixels)  # (B, R) z-depth, 0 = invalid
                 valid = depth > 0
                 error = (out.depth - depth).abs() / depth.clamp_min(1e-6)  # (B, R)
                 terms["depth_abs_rel"] = (error * valid).sum() / valid.sum().clamp_min(1)

@@ -61,6 +61,27 @@ class RayOutput:
     t: Tensor  # (B, R, S) the samples' z-depths
 
 
+def random_pixels(B: int, H: int, W: int, count: int, generator: torch.Generator, key: str = "rays_per_target") -> Tensor:
+    """(B, count) distinct flat pixels i W + j per target, uniform over the image (top-k of i.i.d. keys from
+    ``generator``, on its device); ``key`` names the setting in the error for too many rays."""
+    if count > H * W:
+        raise InputError(f"{key}: {count} rays wanted from targets of {H}x{W} = {H * W} pixels")
+    return torch.rand((B, H * W), generator=generator).topk(count, dim=1).indices  # (B, count)
+
+
+def pixel_centres(pixels: Tensor, width: int) -> Tensor:
+    """Flat pixels (B, R) i W + j -> uv (B, R, 2) = (j + 0.5, i + 0.5), DESIGN's pixel centres."""
+    return torch.stack([pixels % width, pixels // width], dim=-1).float() + 0.5  # (B, R, 2)
+
+
+def gather_pixels(maps: Tensor, pixels: Tensor) -> Tensor:
+    """maps (B, H, W) or (B, C, H, W) at flat pixels (B, R) -> (B, R) or (B, R, C)."""
+    if maps.dim() == 3:
+        return maps.flatten(1).gather(1, pixels)  # (B, R)
+    B, C = maps.shape[:2]
+    return maps.flatten(2).gather(2, pixels[:, None].expand(B, C, -1)).transpose(1, 2)  # (B, R, C)
+
+
 def inverse_depth_samples(near: Tensor, far: Tensor, num_rays: int, num_samples: int,
                           generator: torch.Generator | None = None) -> Tensor:
     """t (B, R, S), uniform in inverse depth between each target's ``near`` and ``far`` (B,): stratified
@@ -137,4 +158,5 @@ class GeneralizableNeRF(nn.Module):
         return rgb, torch.cat(depth, dim=1).reshape(B, 1, H, W)
 
 
-__all__ = ["GeneralizableNeRF", "GeneralizableNeRFConfig", "RayOutput", "SourceViews", "inverse_depth_samples"]
+__all__ = ["GeneralizableNeRF", "GeneralizableNeRFConfig", "RayOutput", "SourceViews", "gather_pixels", "inverse_depth_samples",
+           "pixel_centres", "random_pixels"]
