@@ -48,12 +48,8 @@ def _data_inspect(args) -> None:
 def _bench_start(args, what: str):
     """Set the torch threads, print the bench's name and the machine it runs under (threads, cores, load,
     other processes' CPU use); return the CPU snapshot that :func:`_bench_end` reports the load since."""
-    import torch
-
     from .bench.machine import cpu_snapshot, describe_machine
 
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
     print(f"renderssl bench {what} on {args.device}", flush=True)
     print(describe_machine(), flush=True)
     return cpu_snapshot()
@@ -167,7 +163,7 @@ def _pretrain(args) -> None:
 
     from .train.distributed import launcher_rank
 
-    summary = run_pretraining(_load_experiment(args.config, args.overrides), resume=args.resume)
+    summary = run_pretraining(_load_experiment(args.config, args.overrides), resume=args.resume, threads=args.governor)
     if launcher_rank() != 0:
         return
     print(f"step {summary.steps_done}: loss {summary.last_loss:.4f}; skipped non-finite steps: {summary.skipped_nonfinite}")
@@ -223,7 +219,7 @@ def _sweep(args) -> None:
 
     cfg = load_sweep(args.file)
     cfg.overrides = [*cfg.overrides, *args.overrides]
-    run_sweep(cfg)
+    run_sweep(cfg, threads=args.governor)
 
 
 def _evaluate(args) -> None:
@@ -251,7 +247,11 @@ def _demo(args) -> None:
     from .demo import run_demo
 
     run_demo(args.out, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
-             label_fraction=args.label_fraction, seeds=tuple(range(args.seeds)))
+             label_fraction=args.label_fraction, seeds=tuple(range(args.seeds)), threads=args.governor)
+
+
+THREADS_HELP = ("torch threads (default 0: RENDERSSL_THREADS, else OMP_NUM_THREADS, else chosen from the usable cores "
+                "and their load, re-chosen while training)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--finetune-steps", type=int, default=150)
     demo.add_argument("--label-fraction", type=float, default=0.25)
     demo.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per encoder")
+    demo.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     demo.set_defaults(handler=_demo)
 
     pre = verbs.add_parser("pretrain", help="pretrain a recipe (torchrun for several processes)",
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("config", help="preset name (listed below) or YAML path")
     pre.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
     pre.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
+    pre.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     pre.set_defaults(handler=_pretrain)
     _list_presets_in_help(pre, "`renderssl config NAME [key=value ...]` prints the config a run would use.")
 
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--scratch", action="store_true", help="same architecture, fresh initialisation")
     fin.add_argument("--compare", type=int, default=0, metavar="SEEDS", help="pretrained vs scratch over SEEDS seeds")
     fin.add_argument("--out", help="write the result as JSON")
+    fin.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     fin.set_defaults(handler=_finetune)
 
     cmp = verbs.add_parser("compare", help="fine-tune encoders and scratch at several label fractions and seeds; table + plot")
@@ -303,11 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST + SEEDS - 1")
     cmp.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline")
     cmp.add_argument("--out", default="runs/compare")
+    cmp.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     cmp.set_defaults(handler=_compare)
 
     sw = verbs.add_parser("sweep", help="pretrain every point of a config grid, then compare them (e.g. mask3d_ratio_grid)")
     sw.add_argument("file", help="sweep YAML or preset name")
     sw.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    sw.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     sw.set_defaults(handler=_sweep)
 
     ev = verbs.add_parser("evaluate", help="reconstruction and zero-shot evaluation of a pretraining run, or novel views "
@@ -329,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video", action="store_true", help="NPS: render a camera path through the scene to <run>/path.gif "
                     "(and path.mp4 with imageio-ffmpeg)")
     ev.add_argument("--video-frames", type=int, default=None, help="cap on the path's frames (default 120)")
+    ev.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     ev.set_defaults(handler=_evaluate)
 
     ex = verbs.add_parser("export", help="export the encoder of a pretraining run")
@@ -365,14 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory budget of the dense reference in GiB: a configuration whose estimated peak "
                              "(N x pixels x 72 B) exceeds it is skipped (default: half the memory available at start; with --quick at most 2 GiB)")
     render.add_argument("--device", default="cpu")
-    render.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    render.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     render.set_defaults(handler=_bench_render)
     step = bench.add_parser("step", help="training-step time, images/s, GFLOP/s; GMAE vs MAE at the same encoder")
     step.add_argument("config", help="preset name or YAML path")
     step.add_argument("overrides", nargs="*")
     step.add_argument("--device", default="cpu")
     step.add_argument("--repeats", type=int, default=10)
-    step.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    step.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     step.set_defaults(handler=_bench_step)
     dat = bench.add_parser("data", help="pretraining data loading: peak memory and samples/s vs pool size and workers")
     dat.add_argument("--scenes", default="1000,10000", help="synthetic pretraining pool sizes (data.pretrain_scenes)")
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("--folder-frames", type=int, default=2000)
     dat.add_argument("--no-folder", action="store_true", help="synthetic pools only")
     dat.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    dat.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    dat.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     dat.set_defaults(handler=_bench_data)
     mem = bench.add_parser("memory", help="peak memory per batch and per rendered pixel of a pretraining step, "
                                           "presets side by side in one process")
@@ -390,14 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="presets or YAML paths; key=value overrides apply to every one of them")
     mem.add_argument("--device", default="cpu")
     mem.add_argument("--repeats", type=int, default=2, help="measured steps per preset (after one unmeasured step)")
-    mem.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    mem.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     mem.set_defaults(handler=_bench_memory)
     enc = bench.add_parser("encoders", help="3D encoders: forward+backward time and peak memory vs point count")
     enc.add_argument("--counts", default="", help="comma-separated point counts (default 10k,20k,50k,100k,200k)")
     enc.add_argument("--sparse-unet", default="base", help="SparseUNet preset (base, small)")
     enc.add_argument("--pointnet2", default="scene", help="PointNet++ preset (ssg, scene, small)")
     enc.add_argument("--device", default="cpu")
-    enc.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    enc.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     enc.set_defaults(handler=_bench_encoders)
     return parser
 
@@ -427,9 +433,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _start_threads(args) -> None:
+    """Verbs that compute: set torch's thread count (``--threads``, RENDERSSL_THREADS, OMP_NUM_THREADS or
+    from the load) and keep the governor in ``args.governor`` for the trainer to re-fit it while training."""
+    from .threads import ThreadGovernor
+
+    args.governor = ThreadGovernor.from_sources(args.threads)
+    args.governor.start()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            _start_threads(args)
         args.handler(args)
     except InputError as err:
         print(f"renderssl: error: {err}", file=sys.stderr)

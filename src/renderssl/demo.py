@@ -29,13 +29,13 @@ def format_comparison(result: dict) -> str:
 
 
 def run_demo(out="runs/demo", pretrain_steps: int = 300, finetune_steps: int = 150, label_fraction: float = 0.25,
-             seeds=(0,), log=print) -> dict:
+             seeds=(0,), log=print, threads=None) -> dict:
     out = Path(out)
     start = time.perf_counter()
     cfg = load_experiment("gmae_tiny", [f"train.out_dir={out / 'gmae_tiny'}", f"train.steps={pretrain_steps}"])
     log(f"[1/3] pretraining GMAE (ViT-Tiny, {cfg.gmae.num_gaussians} Gaussians) for {pretrain_steps} steps on "
         f"{cfg.data.train_scenes} synthetic rooms; previews in {out / 'gmae_tiny' / 'previews'}")
-    summary = run_pretraining(cfg)
+    summary = run_pretraining(cfg, threads=threads)
     encoder = Path(cfg.train.out_dir) / ENCODER_DIR
     log(f"      done in {time.perf_counter() - start:.0f} s, final loss {summary.last_loss:.4f}; encoder exported to {encoder}")
 

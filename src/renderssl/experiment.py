@@ -141,7 +141,7 @@ def pretraining_data(cfg: ExperimentConfig, split: str = "pretrain"):
 # ---- earlier stages --------------------------------------------------------------------------------
 
 
-def resolve_stages(cfg: ExperimentConfig, log=print) -> ExperimentConfig:
+def resolve_stages(cfg: ExperimentConfig, log=print, threads=None) -> ExperimentConfig:
     """``cfg`` with every ``pretrain:<preset>`` stage field replaced by a finished run folder of it."""
     from .train.distributed import launcher_rank
 
@@ -157,7 +157,7 @@ def resolve_stages(cfg: ExperimentConfig, log=print) -> ExperimentConfig:
             if launcher_rank() != 0:
                 raise InputError(f"{cfg.method}.{name}: run {value!r} once in one process first (it writes {run})")
             log(f"{cfg.method}.{name}: pretraining {preset} first, into {run}")
-            run_pretraining(stage)
+            run_pretraining(stage, threads=threads)
         changes[name] = str(run)
     return dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, **changes)) if changes else cfg
 
@@ -186,18 +186,20 @@ def finished_run(run: Path, cfg: ExperimentConfig) -> bool:
 ENCODER_DIR = "encoder"
 
 
-def run_pretraining(cfg: ExperimentConfig, resume: bool = False):
-    """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0."""
+def run_pretraining(cfg: ExperimentConfig, resume: bool = False, threads=None):
+    """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0; ``threads``, a
+    :class:`~renderssl.threads.ThreadGovernor`, keeps torch's thread count fitted to the load while training."""
     from .data.build import is_image_source, split_manifest
     from .train import Trainer
     from .train.distributed import launcher_rank
 
-    cfg = resolve_stages(cfg)
+    cfg = resolve_stages(cfg, threads=threads)
     method = build_method(cfg)
     dataset, collate = pretraining_data(cfg)
     validation = pretraining_data(cfg, "val") if cfg.train.val_every else None
     trainer = Trainer(method, dataset, cfg.train, cfg.optim, collate_fn=collate, config_dict=config_dict(cfg),
-                      num_workers=cfg.data.workers, validation=validation, max_bad_fraction=cfg.data.max_bad_fraction)
+                      num_workers=cfg.data.workers, validation=validation, max_bad_fraction=cfg.data.max_bad_fraction,
+                      threads=threads)
     manifest = split_manifest(cfg.data)
     if manifest is not None and launcher_rank() == 0:
         path = Path(cfg.train.out_dir) / "splits.json"

@@ -48,7 +48,7 @@ def load_sweep(name_or_path) -> SweepConfig:
     return from_dict(SweepConfig, load_yaml(path), "sweep")
 
 
-def run_sweep(cfg: SweepConfig, log=print) -> dict:
+def run_sweep(cfg: SweepConfig, log=print, threads=None) -> dict:
     out = Path(cfg.out_dir)
     runs = {}
     points = grid_points(cfg.grid)
@@ -56,7 +56,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> dict:
         name = run_name(point)
         overrides = [*cfg.overrides, *(f"{k}={v}" for k, v in point.items()), f"train.out_dir={out / name}"]
         log(f"[{i + 1}/{len(points)}] pretraining {name}")
-        run_pretraining(load_experiment(cfg.base, overrides))
+        run_pretraining(load_experiment(cfg.base, overrides), threads=threads)
         runs[name] = out / name
     result = {"runs": {k: str(v) for k, v in runs.items()}}
     if cfg.compare is not None:

@@ -67,6 +67,7 @@ from ..methods.base import StepContext
 
 if TYPE_CHECKING:
     from ..methods.base import Method, MethodOutput
+    from ..threads import ThreadGovernor
 
 MAX_CONSECUTIVE_NONFINITE = 20
 CHECKPOINT_VERSION = 1
@@ -185,6 +186,7 @@ class Trainer:
         num_workers: int = 0,
         validation: tuple[Dataset, Callable | None] | None = None,
         max_bad_fraction: float = 0.05,
+        threads: ThreadGovernor | None = None,
     ):
         self.method = method  # the raw module: saved in checkpoints, owns .encoder
         self.dataset = dataset
@@ -194,6 +196,7 @@ class Trainer:
         self.num_workers = num_workers  # DataLoader worker processes (data.workers)
         self.validation = validation  # (Dataset, collate_fn) of held-out scenes for train.val_every
         self.max_bad_fraction = max_bad_fraction
+        self.threads = threads  # re-fits torch's thread count to the load after every step (None: left alone)
         self.config_dict = _plain(config_dict if config_dict is not None else {"train": to_dict(train), "optim": to_dict(optim)})
         self.out_dir = Path(train.out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
@@ -304,6 +307,8 @@ class Trainer:
             result, batch = self._train_step(ctx, batches, step, optimizer, scheduler, sampler, problems)
             self._count(step, result, counters, logger)
             logger.advance()
+            if self.threads is not None:
+                self.threads.update()
             window_steps += 1
             final = step == train.steps
             if step % train.log_every == 0 or final:
