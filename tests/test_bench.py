@@ -17,6 +17,8 @@ from renderssl.bench.render import (RenderTiming, bench_render, cloud_scene, den
                                     format_render_bench)
 from renderssl.bench.scaling import fit_power_law
 from renderssl.bench.step import RenderTimer, time_methods
+from renderssl.bench import step as step_bench
+from renderssl.errors import InputError
 from renderssl.methods.base import MethodOutput
 from renderssl.render.splat import Gaussians, rasterize
 
@@ -245,3 +247,166 @@ def test_bench_data_measures_one_configuration_in_its_own_process():
         assert r.samples == 8 and r.samples_per_s > 0 and r.main_peak_mib > 0 and r.worker_peak_mib == []
     assert results[1].decoded_split_mib == pytest.approx(10 * results[0].decoded_split_mib)  # 10x the frames listed
     assert "peak memory 40 synthetic scenes / 4 synthetic scenes" in format_data_bench(results)
+
+
+# ----------------------------------------------------------------------------- bench step: profile and recipes
+
+
+def _busy(seconds: float, fn) -> int:
+    """Calls of ``fn`` until ``seconds`` have passed; the count."""
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn()
+        n += 1
+    return n
+
+
+def test_profile_shares_match_separately_timed_matmul_and_elementwise_work():
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    x = torch.randn(400_000)
+    # independent reference: time each kind of work alone with a clock, then profile a step of both
+    mm_s = min(_timed(lambda: a @ b) for _ in range(20))
+    exp_s = min(_timed(lambda: torch.exp(x)) for _ in range(20))
+    k_mm, k_exp = max(1, round(0.02 / mm_s)), max(1, round(0.02 / exp_s))  # ~20 ms of each per step
+
+    def step(i):
+        for _ in range(k_mm):
+            a @ b
+        for _ in range(k_exp):
+            torch.exp(x)
+
+    p = step_bench.profile_steps(step, steps=3)
+    expected = k_mm * mm_s / (k_mm * mm_s + k_exp * exp_s)
+    assert p.steps == 3 and abs(p.matmul_share - expected) < 0.2
+    assert p.top_other(1)[0][0] == "aten::exp" and abs(p.top_other(1)[0][1] - (1 - expected)) < 0.2
+    assert p.self_seconds["aten::matmul"] < p.self_seconds["aten::mm"]  # the wrapper's self time is its own, not mm's
+    # self times are counted once: their sum is at most the steps' wall time
+    start = time.perf_counter()
+    p2 = step_bench.profile_steps(step, steps=2)
+    assert p2.total <= time.perf_counter() - start
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def test_profile_names_the_matrix_products_it_counts():
+    ops = step_bench.MATMUL_OPS
+    for name in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear", "aten::mkldnn_convolution",
+                 "aten::convolution_backward", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward"):
+        assert name in ops
+    doc = " ".join(step_bench.__doc__.split())
+    for name in ops:  # the docstring lists every counted name
+        assert f" {name.split('::')[1]}," in doc or f" {name.split('::')[1]} (" in doc, name
+    for name in ("aten::index_add_", "aten::gather", "aten::scatter_add_", "aten::exp", "aten::copy_"):
+        assert name not in ops
+    # a linear layer + conv + attention step is almost all matrix products; its gathers are not
+    lin, conv = nn.Linear(128, 128), nn.Conv2d(16, 16, 3, padding=1)
+    x, img = torch.randn(512, 128, requires_grad=True), torch.randn(4, 16, 32, 32, requires_grad=True)
+    q = torch.randn(2, 4, 64, 32, requires_grad=True)
+
+    def step(i):
+        loss = lin(x).sum() + conv(img).sum() + torch.nn.functional.scaled_dot_product_attention(q, q, q).sum()
+        loss.backward()
+
+    p = step_bench.profile_steps(step, steps=2)
+    assert p.matmul_share > 0.5
+    assert any(n.startswith("aten::_scaled_dot_product") for n in p.self_seconds if n in ops)
+
+
+def test_sites_name_the_renderssl_function_and_the_backward_node():
+    from types import SimpleNamespace as E
+
+    from renderssl.geometry.rotations import quat_to_rotmat
+
+    q = torch.randn(200_000, 4, requires_grad=True)
+
+    def step(i):
+        quat_to_rotmat(q).square().sum().backward()
+
+    p = step_bench.profile_steps(step, steps=1, sites=True)
+    assert p.sites, "no sites recorded"
+    where = [site for name in p.sites for site, _ in p.sites[name]]
+    assert any(s.startswith("renderssl/geometry/rotations.py(12): quat_to_rotmat") for s in where)
+    assert any(s.startswith("backward of ") for s in where)
+    for name, sites in p.sites.items():
+        assert sum(share for _, share in sites) == pytest.approx(1.0)
+    # the walk up the parents: bench frames skipped, two renderssl frames, a backward node
+    def chain(*names):
+        parent = None
+        for n in names:
+            parent = E(name=n, cpu_parent=parent)
+        return E(name="aten::index_add_", cpu_parent=parent)
+
+    top = "/x/src/renderssl/models/a.py(10): outer"
+    assert step_bench._site(chain(top, "/x/src/renderssl/models/b.py(20): inner", "/x/src/renderssl/bench/step.py(5): run")) == \
+        "renderssl/models/b.py(20): inner < renderssl/models/a.py(10): outer"
+    assert step_bench._site(chain("autograd::engine::evaluate_function: IndexBackward0", "IndexBackward0")) == "backward of IndexBackward0"
+    assert step_bench._site(chain("torch/nn/functional.py(1): f")) == "(no renderssl frame)"
+
+
+class _ScheduledMethod(nn.Module):
+    """Records the StepContext schedule and the batch keys it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+        self.seen = []
+
+    def forward(self, batch, ctx):
+        self.seen.append((ctx.step, ctx.total_steps, sorted(batch)))
+        return MethodOutput((batch["points"] @ self.w).square().mean())
+
+
+def test_time_methods_takes_any_batch_the_given_optimizer_and_the_schedule():
+    method = _ScheduledMethod()
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    batch = {"points": torch.randn(5, 3), "offset": torch.tensor([5])}
+    [t] = time_methods({"m": method}, batch, warmup=1, repeats=2, optimizers={"m": opt}, schedule=(150, 300), profile=1)
+    assert len(t.step_seconds) == 2 and t.render_seconds is None and t.batch == 5
+    assert method.seen == [(150, 300, ["offset", "points"])] * (1 + 1 + 2 + 1)  # FLOPs, warm-up, timed, profiled
+    assert not torch.equal(method.w.detach(), torch.ones(3))  # the given SGD stepped it
+    assert t.profile is not None and t.profile.steps == 1 and t.profile.total > 0
+    assert {"[python] forward", "[python] backward", "[python] optimizer"} <= set(t.profile.self_seconds)
+    with pytest.raises(InputError, match="repeats"):
+        time_methods({"m": method}, batch, warmup=0, repeats=0)
+
+
+@pytest.mark.parametrize("preset", ["mask3d_tiny", "ponder_images_tiny", "nps_tiny"])
+def test_bench_recipe_runs_a_real_batch_of_each_sample_type(preset):
+    small = ["train.batch_size=2", "data.width=32", "data.height=32"]
+    r = step_bench.bench_recipe(preset, small, warmup=0, repeats=1, profile=1, sites=False)
+    [t] = r.timings
+    assert r.preset == preset and t.batch == 2 and r.resolution == (32, 32) and r.data_seconds > 0
+    assert t.gflop_per_step > 0 and t.best_seconds > 0 and 0 < t.profile.matmul_share < 1
+    assert (t.render_seconds is not None) == (r.recipe == "ponder")  # PonderV2 has a render(), NPS and Mask3D none
+    text = step_bench.format_recipe(r, 100.0)
+    assert preset in text and "matrix products" in text and "of peak" in text
+    table = step_bench.format_table({"peak_gflops": 100.0, "device": "cpu", "threads": 1, "recipes": [r]})
+    assert table.splitlines()[-1].startswith(f"| {preset} | 2 |")
+
+
+def test_bench_step_command_line_presets_overrides_and_all_tiny(monkeypatch, capsys):
+    from renderssl.cli import main
+
+    seen = {}
+
+    def fake_bench_step(presets, overrides, device, warmup, repeats, profile, sites, log):
+        seen.update(presets=presets, overrides=overrides, warmup=warmup, repeats=repeats, profile=profile, sites=sites)
+        return {"peak_gflops": 1.0, "device": device, "threads": 1, "recipes": []}
+
+    monkeypatch.setattr(step_bench, "bench_step", fake_bench_step)
+    assert main(["bench", "step", "mae_tiny", "nps_tiny", "train.batch_size=2", "--repeats", "2", "--no-sites"]) == 0
+    assert seen == dict(presets=["mae_tiny", "nps_tiny"], overrides=["train.batch_size=2"], warmup=3, repeats=2, profile=3, sites=False)
+    out = capsys.readouterr().out.splitlines()
+    assert "renderssl bench step mae_tiny nps_tiny on cpu" in out and out[-1].startswith("machine during the bench")
+    assert main(["bench", "step", "--all-tiny", "--profile", "0"]) == 0
+    assert seen["presets"] == list(step_bench.TINY_PRESETS) and len(seen["presets"]) == 8 and seen["profile"] == 0
+    capsys.readouterr()
+    assert main(["bench", "step"]) == 2
+    assert "give a preset" in capsys.readouterr().err
+    assert main(["bench", "step", "mae_tiny", "--repeats", "0"]) == 2
+    assert main(["bench", "step", "no_such_preset"]) == 2

@@ -13,7 +13,7 @@
     renderssl export RUN [--out DIR]                encoder-only safetensors + JSON
     renderssl data synth --out DIR ...              procedural scenes on disk
     renderssl data inspect PATH [--json FILE]       what a data folder holds; camera / depth sanity; bad files
-    renderssl bench render | step CONFIG | encoders  benchmarks
+    renderssl bench render | step CONFIG [CONFIG ...] | step --all-tiny | encoders  benchmarks
     renderssl bench memory PRESET [PRESET ...]      peak memory per batch and per rendered pixel of a step
 """
 
@@ -78,11 +78,24 @@ def _bench_render(args) -> None:
 
 
 def _bench_step(args) -> None:
-    from .bench.step import bench_step, format_step_bench
+    from .bench.step import TINY_PRESETS, bench_step, format_table
 
-    cfg = _load_experiment(args.config, args.overrides)
-    snapshot = _bench_start(args, f"step {args.config}")
-    print(format_step_bench(bench_step(cfg, device=args.device, repeats=args.repeats)))
+    items = [a for a in ([args.config] if args.config else []) + args.overrides]
+    presets = [a for a in items if "=" not in a]
+    overrides = [a for a in items if "=" in a]
+    if args.all_tiny:
+        presets = [*TINY_PRESETS, *(p for p in presets if p not in TINY_PRESETS)]
+    if not presets:
+        raise InputError("bench step: give a preset or config (e.g. gmae_tiny), several, or --all-tiny")
+    if args.repeats < 1 or args.warmup < 0 or args.profile < 0:
+        raise InputError(f"bench step: --repeats must be >= 1 and --warmup, --profile >= 0, got {args.repeats}, {args.warmup}, {args.profile}")
+    for preset in presets:
+        _load_experiment(preset, overrides)  # a bad name or override fails before any timing
+    snapshot = _bench_start(args, f"step {' '.join(presets)}")
+    result = bench_step(presets, overrides, device=args.device, warmup=args.warmup, repeats=args.repeats,
+                        profile=args.profile, sites=not args.no_sites, log=lambda text: print(text, flush=True))
+    print()
+    print(format_table(result))
     _bench_end(snapshot)
 
 
@@ -373,11 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--device", default="cpu")
     render.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     render.set_defaults(handler=_bench_render)
-    step = bench.add_parser("step", help="training-step time, images/s, GFLOP/s; GMAE vs MAE at the same encoder")
-    step.add_argument("config", help="preset name or YAML path")
-    step.add_argument("overrides", nargs="*")
+    step = bench.add_parser("step", help="training-step time, matrix-product share and profile, GFLOP/s vs the fp32 peak, "
+                                         "any recipe; GMAE vs MAE at the same encoder")
+    step.add_argument("config", nargs="?", default="", help="preset name or YAML path (more may follow among the overrides)")
+    step.add_argument("overrides", nargs="*", metavar="PRESET | key=value",
+                      help="further presets; key=value overrides apply to every one of them")
+    step.add_argument("--all-tiny", action="store_true", help="every recipe's tiny preset, a table at the end")
     step.add_argument("--device", default="cpu")
-    step.add_argument("--repeats", type=int, default=10)
+    step.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    step.add_argument("--repeats", type=int, default=10, help="timed steps")
+    step.add_argument("--profile", type=int, default=3, help="profiled steps after the timed ones (0: no profile)")
+    step.add_argument("--no-sites", action="store_true", help="skip the second profiled run that names the source of each op")
     step.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     step.set_defaults(handler=_bench_step)
     dat = bench.add_parser("data", help="pretraining data loading: peak memory and samples/s vs pool size and workers")

@@ -1,51 +1,100 @@
-"""Training-step benchmark: seconds per optimizer step, images per second, achieved GFLOP/s against
-this device's fp32 matmul peak, the rendering's share of the step, and for GMAE the step-time ratio
-against MAE at the same encoder.
+"""Training-step benchmark for every recipe: seconds per optimizer step, where the step's time goes (matrix
+products vs the rest, the largest other ops and the renderssl lines that issue them), achieved GFLOP/s
+against this device's fp32 matmul peak, the rendering's share of the step, and for GMAE the step-time
+ratio against MAE at the same encoder.
 
-- Step = forward + backward + AdamW step on one batch of synthetic training images, as the trainer
-  runs it (the mask is drawn from a seeded generator each step). ``warmup`` untimed steps, then
-  ``repeats`` timed ones; best and median are reported. Throughput (images/s, GFLOP/s) uses the best
+- Batch: one real batch of the recipe's pretraining data, as the trainer gets it: ``train.batch_size``
+  samples of :func:`~renderssl.experiment.pretraining_data` (the recipe's Dataset, its collate function),
+  moved to the device (:func:`~renderssl.train.trainer.move_to_device`). The config is
+  :func:`~renderssl.bench.step_memory.bench_config`'s: stage fields (Mask3D's ``init_from``) cleared,
+  only as many training scenes as one batch needs, stand-in LPIPS weights where the real files are not
+  set. Our choice: the bench stands at the middle of the schedule (step ``train.steps // 2``): datasets
+  with ``set_step`` (NPS's source-view curriculum) draw the batch there and every timed step gets that
+  ``StepContext`` step (NPS's hardness curriculum), so curricula sit at their middle setting; the same
+  batch is used for every step. The time to build a batch (samples + collate in this process, scenes
+  already cached; not part of the step) is reported apart as ``data``.
+- Step = forward + backward + optimizer step with the optimizer the trainer builds
+  (:func:`~renderssl.train.optim.build_optimizer` with the recipe's parameter groups; the schedule's lr
+  does not change the time); each step draws its randomness from a seeded generator. ``warmup`` untimed
+  steps, then ``repeats`` timed ones; best and median are reported. Throughput (GFLOP/s) uses the best
   step: on a shared machine the best is the steadier figure, the median shows the load.
 - Rendering share, from the very steps that are timed (a share of a separately timed rendering against
   a step's best time mixes two phases and two loads, and read 161.8% on a busy machine): while the steps
-  run, the method's ``render`` (for GMAE, projection + rasterization of its Gaussians) is wrapped by a
-  :class:`RenderTimer`. Forward: wall time of the call. Backward: identity autograd functions mark the
-  call's inputs and outputs; the outputs' mark runs when their gradients are complete (the backward
-  reaches the renderer) and the inputs' mark when the renderer's backward has produced the input
-  gradients, so the time between them is the renderer's backward. CUDA is synchronised at each mark.
-  The step's rendering time is the total length of the union of these intervals, all inside the step's
-  own interval, so the share is <= 100% by construction. Reported: the median over the timed steps of
-  (rendering seconds / step seconds) of the same step (for GMAE the quantity the paper's "+1.5%" refers
-  to), and the median rendering seconds. Assumption: no backward work outside the renderer becomes
-  ready between its two marks (true for GMAE, whose loss reads only the rendering; a loss term computed
-  from the Gaussians alone could run in between). The timer is installed for the warm-up and timed
-  steps only (not the FLOP-counting step); its cost (views of the marked tensors, and on CUDA four
-  synchronisations per call) is part of the timed step.
+  run, the method's ``render`` (GMAE, GS³: projection + rasterization of the Gaussians; PonderV2: the
+  NeuS volume rendering of its rays) is wrapped by a :class:`RenderTimer`. Forward: wall time of the
+  call. Backward: identity autograd functions mark the call's inputs and outputs; the outputs' mark runs
+  when their gradients are complete (the backward reaches the renderer) and the inputs' mark when the
+  renderer's backward has produced the input gradients, so the time between them is the renderer's
+  backward. CUDA is synchronised at each mark. The step's rendering time is the total length of the
+  union of these intervals, all inside the step's own interval, so the share is <= 100% by construction.
+  Reported: the median over the timed steps of (rendering seconds / step seconds) of the same step (for
+  GMAE the quantity the paper's "+1.5%" refers to), and the median rendering seconds. Assumption: no
+  backward work outside the renderer becomes ready between its two marks (true for GMAE, whose loss reads
+  only the rendering; a loss term computed from the renderer's inputs alone could run in between). The
+  timer is installed for the warm-up and timed steps only (not the FLOP-counting or profiled steps); its
+  cost (views of the marked tensors, and on CUDA four synchronisations per call) is part of the timed step.
+- Profile (:func:`profile_steps`): ``torch.profiler`` over ``profile_steps`` further steps (after the
+  timed ones, timer removed). Every profiler event's SELF time (its time minus its children's) is counted
+  once, so nothing is counted twice: on CPU self CPU time, on CUDA self device time (kernels). Matrix
+  products are the events named in :data:`MATMUL_OPS`, each ``aten::`` + one of: mm, bmm, addmm,
+  baddbmm, addbmm, _addmm_activation, addmv, mv, dot, matmul, linear, einsum (matrix products); conv1d,
+  conv2d, conv3d, convolution, _convolution, mkldnn_convolution, _slow_conv2d_forward,
+  _slow_conv2d_backward, slow_conv3d_forward, slow_conv_dilated2d, slow_conv_dilated3d,
+  convolution_backward, conv_transpose1d, conv_transpose2d, conv_transpose3d, slow_conv_transpose2d,
+  slow_conv_transpose3d, cudnn_convolution, cudnn_convolution_transpose, _nnpack_spatial_convolution
+  (convolutions, forward and backward); scaled_dot_product_attention,
+  _scaled_dot_product_flash_attention_for_cpu, _scaled_dot_product_flash_attention_for_cpu_backward,
+  _scaled_dot_product_flash_attention, _scaled_dot_product_flash_attention_backward,
+  _scaled_dot_product_efficient_attention, _scaled_dot_product_efficient_attention_backward,
+  _scaled_dot_product_cudnn_attention, _scaled_dot_product_cudnn_attention_backward,
+  _scaled_dot_product_attention_math, _flash_attention_forward, _flash_attention_backward,
+  _efficient_attention_forward, _efficient_attention_backward (attention, forward and backward). The
+  wrappers' (matmul, linear, einsum, convolution, ...) self time is their own dispatch work, not their
+  children's, and is counted here too: it is the cost of calling the matrix product. Sparse
+  convolutions and gathered attention count their mm / bmm here and their gathers and scatters in the
+  rest. The rest: every other op, the autograd engine's nodes, and the self time of the bench's ``record_function`` ranges ``[python] forward``,
+  ``[python] backward``, ``[python] optimizer`` (Python and dispatch work of that phase outside any op).
+  Shares are of the profiled steps' summed self time (= the steps' wall time minus time in no event).
+  The top non-matmul events are listed by self time with their share; with ``sites`` a second profiled
+  run with ``with_stack=True`` attributes each to the renderssl functions that issued it (the innermost
+  two ``renderssl/`` Python functions outside ``renderssl/bench`` among the event's ancestors, named by
+  file and first line); an op run by the autograd engine has no Python stack and is attributed to its backward node (``backward of IndexBackward0``).
 - FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
-  convolutions and attention, forward and backward; the rasterizer's elementwise work is not counted,
-  its matmuls are), so GFLOP/s is a lower bound of the arithmetic done.
+  convolutions and attention, forward and backward; elementwise work, gathers and the rasterizer's
+  compositing are not counted), so GFLOP/s is a lower bound of the arithmetic done.
 - Peak: the best of several (2048 x 2048) @ (2048 x 2048) fp32 matmuls on the same device, measured
-  in the same run.
+  once in the same run.
 - The MAE twin of a GMAE config has the same encoder, mask ratio and decoder width, depth and heads:
   only the decoder's output (pixels per patch vs k Gaussians + splatting) differs, and GMAE's decoder
-  runs 1 + visible + k tokens where MAE's runs 1 + L. The two methods' steps are interleaved (GMAE,
-  MAE, GMAE, ...) so a change of load hits both alike, and the ratio is the median over rounds of
-  (GMAE step / MAE step) of the same round.
+  runs 1 + visible + k tokens where MAE's runs 1 + L. It gets the same batch and an AdamW of the same
+  settings. The two methods' steps are interleaved (GMAE, MAE, GMAE, ...) so a change of load hits both
+  alike, and the ratio is the median over rounds of (GMAE step / MAE step) of the same round.
+- ``--all-tiny`` (:data:`TINY_PRESETS`): every recipe's tiny preset one after the other in this process,
+  a table at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
+import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..experiment import ExperimentConfig, build_method
 from ..methods.base import StepContext
 from ..methods.mae import MAE, MAEConfig
+from ..train.optim import build_optimizer
+from ..train.trainer import move_to_device
 from .memory import synchronize
+
+TINY_PRESETS = ("mae_tiny", "gmae_tiny", "mask3d_tiny", "gs3_rgb_tiny", "gs3_rgbd_tiny", "ponder_tiny",
+                "ponder_images_tiny", "nps_tiny")
 
 
 @dataclass
@@ -55,6 +104,7 @@ class StepTiming:
     step_seconds: list[float]  # (repeats,) each timed step
     gflop_per_step: float
     render_seconds: list[float] | None = None  # (repeats,) rendering inside the same steps; None: no render
+    profile: OpProfile | None = None  # where the step's time goes (profile_steps); None: not profiled
 
     @property
     def best_seconds(self) -> float:
@@ -187,6 +237,127 @@ class RenderTimer:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Where a step's time goes
+# ---------------------------------------------------------------------------------------------------
+
+_MATMUL = ("mm", "bmm", "addmm", "baddbmm", "addbmm", "_addmm_activation", "addmv", "mv", "dot", "matmul", "linear", "einsum")
+_CONV = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "mkldnn_convolution", "_slow_conv2d_forward",
+         "_slow_conv2d_backward", "slow_conv3d_forward", "slow_conv_dilated2d", "slow_conv_dilated3d", "convolution_backward",
+         "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "slow_conv_transpose2d", "slow_conv_transpose3d",
+         "cudnn_convolution", "cudnn_convolution_transpose", "_nnpack_spatial_convolution")
+_ATTENTION = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+              "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention",
+              "_scaled_dot_product_flash_attention_backward", "_scaled_dot_product_efficient_attention",
+              "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention",
+              "_scaled_dot_product_cudnn_attention_backward", "_scaled_dot_product_attention_math",
+              "_flash_attention_forward", "_flash_attention_backward", "_efficient_attention_forward",
+              "_efficient_attention_backward")
+MATMUL_OPS = frozenset(f"aten::{n}" for n in (*_MATMUL, *_CONV, *_ATTENTION))  # the events counted as matrix products
+PHASES = ("[python] forward", "[python] backward", "[python] optimizer")  # record_function ranges of a profiled step
+
+
+@dataclass
+class OpProfile:
+    """Self time of a few profiled steps, by event name (seconds, summed over the steps)."""
+
+    steps: int
+    self_seconds: dict[str, float]  # event name -> self time
+    sites: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # event -> [(where, share of the event)], largest first
+
+    @property
+    def total(self) -> float:
+        return sum(self.self_seconds.values())
+
+    @property
+    def matmul_seconds(self) -> float:
+        return sum(s for n, s in self.self_seconds.items() if n in MATMUL_OPS)
+
+    @property
+    def matmul_share(self) -> float:
+        return self.matmul_seconds / self.total if self.total > 0 else 0.0
+
+    def top_other(self, k: int = 8) -> list[tuple[str, float]]:
+        """The ``k`` largest non-matmul events as (name, share of the total self time)."""
+        other = sorted(((n, s) for n, s in self.self_seconds.items() if n not in MATMUL_OPS), key=lambda x: -x[1])
+        return [(n, s / self.total) for n, s in other[:k]] if self.total > 0 else []
+
+
+def _self_time_us(event, cuda: bool) -> float:
+    if cuda:
+        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+    return float(event.self_cpu_time_total)
+
+
+def _op_children(event):
+    """The nearest descendants of ``event`` that are not Python-function events (``with_stack`` runs insert
+    those between an op and the ops it calls)."""
+    for c in event.cpu_children:
+        if getattr(c, "is_python_function", False):
+            yield from _op_children(c)
+        else:
+            yield c
+
+
+def _op_self_time_us(event, cuda: bool) -> float:
+    """Self time as a run without Python events would count it."""
+    if cuda:
+        return _self_time_us(event, cuda)
+    return float(event.cpu_time_total) - sum(float(c.cpu_time_total) for c in _op_children(event))
+
+
+def _site(event, depth: int = 2) -> str:
+    """Where ``event`` was issued: the innermost ``depth`` renderssl Python functions (outside renderssl/bench)
+    among its ancestors, as ``renderssl/FILE.py(LINE): FUNCTION`` with LINE the function's first line
+    (the profiler's Python events name functions, not call lines), innermost first, joined by " < "; or
+    ``backward of <node>`` for an op the autograd engine ran."""
+    frames, e = [], event.cpu_parent
+    while e is not None and len(frames) < depth:
+        name = e.name.replace("\\", "/")
+        if "renderssl/" in name and "renderssl/bench/" not in name and "(" in name:
+            frames.append(name[name.index("renderssl/"):])
+        elif name.startswith("autograd::engine::evaluate_function: ") and not frames:
+            return "backward of " + name.split(": ", 1)[1]
+        e = e.cpu_parent
+    return " < ".join(frames) if frames else "(no renderssl frame)"
+
+
+def profile_steps(step, steps: int = 3, device: torch.device | str = "cpu", sites: bool = False, top: int = 8) -> OpProfile:
+    """Self time by event over ``steps`` calls of ``step(i)``, with the sites of the ``top`` non-matmul
+    events when ``sites`` (a second run of as many steps with Python stacks). See the module docstring."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def run(with_stack: bool, offset: int):
+        with profile(activities=activities, with_stack=with_stack) as prof:
+            for i in range(steps):
+                step(offset + i)
+            synchronize(device)
+        return prof.events()
+
+    totals: dict[str, float] = defaultdict(float)
+    for e in run(False, 0):
+        if e.device_type.name == "CPU" or cuda:
+            t = _self_time_us(e, cuda)
+            if t > 0:
+                totals[e.name] += t * 1e-6
+    result = OpProfile(steps, dict(totals))
+    if sites:
+        wanted = {n for n, _ in result.top_other(top)} - set(PHASES)
+        by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for e in run(True, steps):
+            if e.name in wanted and not getattr(e, "is_python_function", False):
+                t = _op_self_time_us(e, cuda)
+                if t > 0:
+                    by_site[e.name][_site(e)] += t * 1e-6
+        result.sites = {n: sorted(((k, v / sum(d.values())) for k, v in d.items()), key=lambda x: -x[1])
+                        for n, d in by_site.items()}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------------
 
@@ -225,25 +396,43 @@ class _Runner:
     renders: list[float] = field(default_factory=list)
 
 
-def time_methods(methods: dict[str, torch.nn.Module], images: torch.Tensor, warmup: int, repeats: int) -> list[StepTiming]:
+def _batch_size(batch) -> int:
+    for v in (batch.values() if isinstance(batch, dict) else [batch]):
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    return 0
+
+
+def time_methods(methods: dict[str, torch.nn.Module], batch, warmup: int, repeats: int,
+                 optimizers: dict[str, torch.optim.Optimizer] | None = None, schedule: tuple[int, int] | None = None,
+                 profile: int = 0, sites: bool = False) -> list[StepTiming]:
     """Interleaved training steps of ``methods`` (one step of each per round) on the same batch.
 
-    A method with a ``render`` attribute gets it timed inside every step (:class:`RenderTimer`).
+    ``batch``: the collated batch on the device, or a (B, 3, H, W) image tensor (``{"image": images}``).
+    ``optimizers``: by name, default AdamW(lr 1e-4, betas (0.9, 0.95), weight decay 0.05) for a missing
+    one. ``schedule``: (step, total) given to every step's ``StepContext``; default step i + 1 of
+    ``repeats``. ``profile`` > 0: that many more steps of each method under :func:`profile_steps`
+    (``sites``: with their source lines). A method with a ``render`` attribute gets it timed inside
+    every timed step (:class:`RenderTimer`).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     if repeats < 1:
-        raise ValueError(f"time_methods: repeats must be >= 1, got {repeats}")
-    device = images.device
-    batch = {"image": images}
+        raise InputError(f"time_methods: repeats must be >= 1, got {repeats}")
+    if warmup < 0 or profile < 0:
+        raise InputError(f"time_methods: warmup and profile must be >= 0, got {warmup} and {profile}")
+    if isinstance(batch, torch.Tensor):
+        batch = {"image": batch}
+    device = next((v.device for v in batch.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    optimizers = optimizers or {}
     runners, flops = [], []
     for name, method in methods.items():
         method.to(device).train()
-        opt = torch.optim.AdamW(method.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        opt = optimizers.get(name) or torch.optim.AdamW(method.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
         runner = _Runner(name, method, opt, RenderTimer(device) if callable(getattr(method, "render", None)) else None)
         counter = FlopCounterMode(display=False)
         with counter:
-            _step(runner, batch, 0, repeats)
+            _step(runner, batch, 0, repeats, schedule)
         flops.append(counter.get_total_flops() / 1e9)
         runners.append(runner)
     for r in runners:  # install the timers after FLOP counting, remove them whatever happens
@@ -256,7 +445,7 @@ def time_methods(methods: dict[str, torch.nn.Module], images: torch.Tensor, warm
                     r.timer.reset()
                 synchronize(device)
                 start = time.perf_counter()
-                _step(r, batch, i + 1, repeats)
+                _step(r, batch, i + 1, repeats, schedule)
                 synchronize(device)
                 if i >= warmup:
                     r.steps.append(time.perf_counter() - start)
@@ -266,15 +455,33 @@ def time_methods(methods: dict[str, torch.nn.Module], images: torch.Tensor, warm
         for r in runners:
             if r.timer is not None:
                 del r.method.render  # the instance attribute; the class's method shows again
-    return [StepTiming(r.name, images.shape[0], r.steps, f, r.renders if r.timer is not None else None)
-            for r, f in zip(runners, flops)]
+    profiles = [None] * len(runners)
+    if profile:
+        first = warmup + repeats + 1
+        for k, r in enumerate(runners):
+            profiles[k] = profile_steps(lambda i, r=r: _step(r, batch, first + i, repeats, schedule, phases=True),
+                                        profile, device, sites=sites)
+    return [StepTiming(r.name, _batch_size(batch), r.steps, f, r.renders if r.timer is not None else None, p)
+            for r, f, p in zip(runners, flops, profiles)]
 
 
-def _step(r: _Runner, batch: dict, i: int, total: int) -> None:
-    out = r.method(batch, StepContext(torch.Generator().manual_seed(i), i + 1, total))
+def _step(r: _Runner, batch: dict, i: int, total: int, schedule: tuple[int, int] | None = None, phases: bool = False) -> None:
+    """One training step; ``phases``: each phase inside a ``record_function`` range (:data:`PHASES`)."""
+    from contextlib import nullcontext
+
+    from torch.profiler import record_function
+
+    def phase(k):
+        return record_function(PHASES[k]) if phases else nullcontext()
+
+    step, steps = schedule if schedule is not None else (i + 1, total)
+    with phase(0):
+        out = r.method(batch, StepContext(torch.Generator().manual_seed(i), step, steps))
     r.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    r.optimizer.step()
+    with phase(1):
+        out.loss.backward()
+    with phase(2):
+        r.optimizer.step()
 
 
 def mae_twin(cfg: ExperimentConfig) -> MAE:
@@ -283,37 +490,140 @@ def mae_twin(cfg: ExperimentConfig) -> MAE:
                          decoder_depth=g.decoder_depth, decoder_num_heads=g.decoder_num_heads))
 
 
-def bench_step(cfg: ExperimentConfig, device: str = "cpu", warmup: int = 3, repeats: int = 10) -> dict:
+def pretraining_batch(cfg: ExperimentConfig, step: int) -> tuple[dict, float]:
+    """One collated batch (the first ``train.batch_size`` samples) of ``cfg``'s pretraining data with the
+    dataset at schedule step ``step``, and the seconds a second build of it took (samples + collate, scenes
+    cached)."""
+    from torch.utils.data import default_collate
+
+    from ..experiment import pretraining_data
+
+    dataset, collate = pretraining_data(cfg)
+    if len(dataset) < cfg.train.batch_size:
+        raise InputError(f"bench step: {cfg.method} has {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
+    if hasattr(dataset, "set_step"):
+        dataset.set_step(step, cfg.train.steps)
+
+    def build():
+        return (collate or default_collate)([dataset[i] for i in range(cfg.train.batch_size)])
+
+    build()
+    start = time.perf_counter()
+    batch = build()
+    return batch, time.perf_counter() - start
+
+
+@dataclass
+class RecipeBench:
+    preset: str
+    recipe: str
+    resolution: tuple[int, int]  # (H, W) of the data
+    data_seconds: float  # building one batch (not in the step)
+    optimizer: str  # what steps the parameters
+    timings: list[StepTiming]  # the recipe first; for GMAE its MAE twin second
+    gmae_over_mae: float | None = None
+    lpips_stand_in: bool = False
+
+
+def bench_recipe(preset: str, overrides: list[str] = (), device: str = "cpu", warmup: int = 3, repeats: int = 10,
+                 profile: int = 3, sites: bool = True) -> RecipeBench:
+    """One preset (or YAML path) with ``overrides``: its batch, timed steps, FLOPs and profile."""
+    from .step_memory import bench_config
+
     device = torch.device(device)
-    torch.manual_seed(cfg.train.seed)
-    images = training_images(cfg, cfg.train.batch_size, device)
-    methods = {cfg.method: build_method(cfg)}
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg, stand_in = bench_config(preset, list(overrides), Path(scratch))
+        torch.manual_seed(cfg.train.seed)
+        method = build_method(cfg)  # LPIPS stand-in weights are read here, inside the scratch folder's life
+    step = max(1, cfg.train.steps // 2)
+    batch, data_seconds = pretraining_batch(cfg, step)
+    batch = move_to_device(batch, device)
+    method.to(device)
+    optimizer = build_optimizer(method, cfg.optim, total_batch=cfg.train.batch_size, groups=method.param_groups())
+    methods, optimizers = {cfg.method: method}, {cfg.method: optimizer}
     if cfg.method == "gmae":
         methods["mae (same encoder and decoder)"] = mae_twin(cfg)
-    timings = time_methods(methods, images, warmup, repeats)
-    result = {"timings": timings, "peak_gflops": matmul_peak_gflops(device), "device": str(device),
-              "threads": torch.get_num_threads()}
+    timings = time_methods(methods, batch, warmup, repeats, optimizers, schedule=(step, cfg.train.steps),
+                           profile=profile, sites=sites)
+    ratio = None
     if cfg.method == "gmae":
-        result["gmae_over_mae"] = statistics.median(a / b for a, b in zip(timings[0].step_seconds, timings[1].step_seconds))
+        ratio = statistics.median(a / b for a, b in zip(timings[0].step_seconds, timings[1].step_seconds))
+    for t in timings:
+        t.batch = cfg.train.batch_size
+    return RecipeBench(preset, cfg.method, (cfg.data.height, cfg.data.width), data_seconds,
+                       f"{type(optimizer).__name__} as the trainer builds it", timings, ratio, stand_in)
+
+
+def bench_step(presets, overrides: list[str] = (), device: str = "cpu", warmup: int = 3, repeats: int = 10,
+               profile: int = 3, sites: bool = True, log=None) -> dict:
+    """:func:`bench_recipe` of each preset in turn (``log``: called with each one's text as it is done),
+    and the fp32 matmul peak of this device measured once."""
+    if isinstance(presets, str):
+        presets = [presets]
+    if not presets:
+        raise InputError("bench step: give a preset or config (e.g. gmae_tiny), several, or --all-tiny")
+    peak = matmul_peak_gflops(torch.device(device))
+    result = {"peak_gflops": peak, "device": str(device), "threads": torch.get_num_threads(), "recipes": []}
+    for preset in presets:
+        result["recipes"].append(bench_recipe(preset, overrides, device, warmup, repeats, profile, sites))
+        if log is not None:
+            log(format_recipe(result["recipes"][-1], peak))
     return result
 
 
-def format_step_bench(result: dict) -> str:
-    lines = [f"training step on {result['device']} ({result['threads']} threads); fp32 matmul peak {result['peak_gflops']:.1f} GFLOP/s"]
-    for t in result["timings"]:
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def format_recipe(r: RecipeBench, peak: float) -> str:
+    H, W = r.resolution
+    note = " (LPIPS: stand-in random weights)" if r.lpips_stand_in else ""
+    lines = [f"{r.preset} ({r.recipe}, batch {r.timings[0].batch} at {W}x{H}; {r.optimizer}){note}; "
+             f"building one batch {r.data_seconds * 1000:.1f} ms (samples + collate, not in the step)"]
+    for t in r.timings:
         lines.append(
-            f"  {t.name:32s} batch {t.batch:4d}: {t.best_seconds * 1000:8.1f} ms/step (median {t.median_seconds * 1000:.1f}), "
-            f"{t.images_per_second:7.1f} images/s, {t.gflop_per_step:7.2f} GFLOP/step -> {t.gflops:6.1f} GFLOP/s "
-            f"({100 * t.gflops / result['peak_gflops']:.0f}% of peak)"
+            f"  {t.name:32s}: {t.best_seconds * 1000:8.1f} ms/step (median {t.median_seconds * 1000:.1f}), "
+            f"{t.images_per_second:7.1f} samples/s, {t.gflop_per_step:7.2f} GFLOP/step -> {t.gflops:6.1f} GFLOP/s "
+            f"({100 * t.gflops / peak:.1f}% of peak)"
         )
-    for t in result["timings"]:
         if t.render_seconds is not None:
             lines.append(
-                f"  {t.name}: rendering (render(): projection + rasterization, fwd + bwd) {100 * t.render_share:.1f}% of "
-                f"the step (median over the same {len(t.step_seconds)} timed steps; {statistics.median(t.render_seconds) * 1000:.1f} ms/step)"
+                f"    rendering (render(), fwd + bwd) {_pct(t.render_share)} of the step (median over the same "
+                f"{len(t.step_seconds)} timed steps; {statistics.median(t.render_seconds) * 1000:.1f} ms/step)"
             )
-    if "gmae_over_mae" in result:
-        flops = result["timings"][0].gflop_per_step / result["timings"][1].gflop_per_step
-        lines.append(f"  GMAE / MAE step time: {result['gmae_over_mae']:.3f} (median over interleaved rounds; "
+        p = t.profile
+        if p is not None:
+            lines.append(f"    profile ({p.steps} steps, self time {p.total / p.steps * 1000:.1f} ms/step): matrix products "
+                         f"{_pct(p.matmul_share)}, the rest {_pct(1 - p.matmul_share)}; largest of the rest:")
+            for name, share in p.top_other():
+                where = "; ".join(f"{100 * s:.0f}% {site}" for site, s in p.sites.get(name, [])[:3])
+                lines.append(f"      {share * 100:5.1f}%  {name}" + (f"  <- {where}" if where else ""))
+    if r.gmae_over_mae is not None:
+        flops = r.timings[0].gflop_per_step / r.timings[1].gflop_per_step
+        lines.append(f"  GMAE / MAE step time: {r.gmae_over_mae:.3f} (median over interleaved rounds; "
                      f"counted FLOPs {flops:.2f}x: the decoder's longer sequence)")
     return "\n".join(lines)
+
+
+def format_table(result: dict) -> str:
+    peak = result["peak_gflops"]
+    lines = [f"fp32 matmul peak {peak:.1f} GFLOP/s on {result['device']} ({result['threads']} threads)",
+             "| preset | batch | best ms | median ms | matmul share | largest other op | GFLOP/step | GFLOP/s | % of peak | rendering | data ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["recipes"]:
+        for t in r.timings:
+            p = t.profile
+            top = p.top_other(1) if p is not None else []
+            other = f"{top[0][0]} {100 * top[0][1]:.1f}%" if top else "-"
+            name = r.preset if t is r.timings[0] else f"({t.name})"
+            lines.append(f"| {name} | {t.batch} | {t.best_seconds * 1000:.1f} | {t.median_seconds * 1000:.1f} | "
+                         f"{_pct(p.matmul_share) if p is not None else '-'} | {other} | {t.gflop_per_step:.2f} | "
+                         f"{t.gflops:.1f} | {100 * t.gflops / peak:.1f}% | {_pct(t.render_share)} | "
+                         f"{r.data_seconds * 1000:.1f} |")
+    return "\n".join(lines)
+
+
+def format_step_bench(result: dict) -> str:
+    """Every recipe's block, then the table."""
+    head = f"training step on {result['device']} ({result['threads']} threads); fp32 matmul peak {result['peak_gflops']:.1f} GFLOP/s"
+    return "\n".join([head, *(format_recipe(r, result["peak_gflops"]) for r in result["recipes"]), "", format_table(result)])
