@@ -35,7 +35,8 @@ Backends behind :func:`rasterize`:
   with a hand-written backward (render/splat_tiles.py). Identical to ``dense`` wherever no tile
   overflows (up to float rounding).
 - ``compiled``: the tiles backend with its compositing step done by a per-pixel C++ loop
-  (render/splat_compiled.py; built on first use, CPU only), gsplat's algorithm on the CPU.
+  (render/splat_compiled.py; built on first use, CPU only), gsplat's algorithm on the CPU, and its
+  projection, binning and per-pair coefficients in C++ too (render/splat_prepare_compiled.py).
 - ``gsplat``: gsplat's CUDA rasterizer, used only when gsplat is installed and the tensors are on CUDA.
 - ``auto``: ``gsplat`` for CUDA tensors when installed, else ``compiled`` on CPU when it builds, else
   ``tiles``.
@@ -201,7 +202,10 @@ def rasterize(
             raise InputError("rasterize: backend 'gsplat' needs the gsplat package and CUDA tensors; use 'tiles' on CPU")
         return _rasterize_gsplat(gaussians, cameras, background, near_plane, far_plane, eps2d, rasterize_mode)
 
-    proj = project_gaussians(gaussians, cameras, near_plane, far_plane, eps2d, rasterize_mode)
+    project = project_gaussians
+    if backend == "compiled":  # its C++ twin (render/splat_prepare_compiled.py), torch where that cannot run
+        from .splat_prepare_compiled import project_gaussians_compiled as project
+    proj = project(gaussians, cameras, near_plane, far_plane, eps2d, rasterize_mode)
     if backend == "dense":
         out, T, overflow, biggest = _rasterize_dense(proj, gaussians.colors, cameras)
     else:

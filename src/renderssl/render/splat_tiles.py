@@ -6,7 +6,8 @@ overflow) and composite each tile with a fused autograd function whose backward 
 ln(alpha) is a quadratic polynomial in the tile-local pixel coordinates, so one small matmul evaluates
 a tile's alphas; Gaussians go through in depth chunks (16, 32, then 64 deep, in blocks of at most 2^19
 alpha entries) and a tile stops once all its pixels have terminated. ``compiled=True`` hands the
-compositing step to the C++ twin in render/splat_compiled.py.
+compositing step to the C++ twin in render/splat_compiled.py and binning + per-pair coefficients
+(:func:`_prepare_pairs`, the readable twin) to render/splat_prepare_compiled.py.
 """
 
 from __future__ import annotations
@@ -195,21 +196,19 @@ def _bin_to_tiles(proj: Projected, tiles_x: int, tiles_y: int) -> tuple[Tensor, 
 
     G = B * V * N
     rank = torch.empty(G, dtype=torch.long, device=lo.device)
-    rank[torch.argsort(proj.depths.detach().reshape(-1))] = torch.arange(G, device=lo.device)
+    rank[torch.argsort(proj.depths.detach().reshape(-1), stable=True)] = torch.arange(G, device=lo.device)  # ties: lower index first
     depth_rank = rank[gauss]
     order = torch.argsort(tile * G + depth_rank)
     counts = torch.bincount(tile, minlength=B * V * tiles_x * tiles_y)
     return gauss[order], tile[order], counts
 
 
-def _rasterize_tiles(
-    proj: Projected, colors: Tensor, cameras: Cameras, max_per_tile: int, depth_chunk: int = 64, compiled: bool = False
-) -> tuple[Tensor, Tensor, int, int]:
+def _prepare_pairs(proj: Projected, tiles_x: int, tiles_y: int, max_per_tile: int):
+    """Torch twin of render/splat_prepare_compiled.py: per pair (sorted by tile then depth, front-most
+    max_per_tile per tile) its log-alpha coefficients (M, 6) and Gaussian (M,); per tile its first pair and
+    count (B*V*T,); the non-empty tiles by decreasing count (rows,); overflow; the largest count."""
     B, V, N = proj.depths.shape
-    D = colors.shape[-1]
     G = B * V * N
-    tiles_x, tiles_y = -(-cameras.width // TILE), -(-cameras.height // TILE)
-    T_all = B * V * tiles_x * tiles_y
     gauss, tile, counts = _bin_to_tiles(proj, tiles_x, tiles_y)
 
     # Keep the front-most max_per_tile pairs of every tile; count the rest.
@@ -229,11 +228,32 @@ def _rasterize_tiles(
     tile_xy = torch.stack([tile % tiles_x, (tile // tiles_x) % tiles_y], dim=-1)  # (M, 2)
     origins = (tile_xy * TILE).to(proj.means2d.dtype)
 
-    # Per pair: log-alpha coefficients in its tile's pixel frame. Per Gaussian: colour and depth.
+    # Per pair: log-alpha coefficients in its tile's pixel frame.
     log_opac = torch.log(proj.opacities.clamp(min=ALPHA_MIN)).reshape(G)
     coef = log_alpha_coefficients(
         proj.means2d.reshape(G, 2)[gauss] - origins, proj.conics.reshape(G, 3)[gauss], log_opac[gauss]
     )  # (M, 6)
+    return coef, gauss, starts, counts, active, overflow, biggest
+
+
+def _prepare_compiled(proj: Projected, tiles_x: int, tiles_y: int, max_per_tile: int):
+    """:func:`_prepare_pairs` by the compiled extension (render/splat_prepare_compiled.py), or None where
+    it cannot run (no compiler, not float CPU tensors)."""
+    from .splat_prepare_compiled import prepare_pairs_compiled
+
+    return prepare_pairs_compiled(proj, tiles_x, tiles_y, max_per_tile)
+
+
+def _rasterize_tiles(
+    proj: Projected, colors: Tensor, cameras: Cameras, max_per_tile: int, depth_chunk: int = 64, compiled: bool = False
+) -> tuple[Tensor, Tensor, int, int]:
+    B, V, N = proj.depths.shape
+    D = colors.shape[-1]
+    G = B * V * N
+    tiles_x, tiles_y = -(-cameras.width // TILE), -(-cameras.height // TILE)
+    T_all = B * V * tiles_x * tiles_y
+    prepared = _prepare_compiled(proj, tiles_x, tiles_y, max_per_tile) if compiled else None
+    coef, gauss, starts, counts, active, overflow, biggest = prepared or _prepare_pairs(proj, tiles_x, tiles_y, max_per_tile)
     # colors (B, N, D) or per camera (B, V, N, D): each (scene, camera, Gaussian) gets its camera's colour.
     values = torch.cat([view_colors(colors, V), proj.depths[..., None]], dim=-1).reshape(G, D + 1)
     if compiled:
