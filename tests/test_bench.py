@@ -342,10 +342,19 @@ def test_sites_name_the_renderssl_function_and_the_backward_node():
         return E(name="aten::index_add_", cpu_parent=parent)
 
     top = "/x/src/renderssl/models/a.py(10): outer"
-    assert step_bench._site(chain(top, "/x/src/renderssl/models/b.py(20): inner", "/x/src/renderssl/bench/step.py(5): run")) == \
+    bench = "/x/src/renderssl/bench/step.py(5): run"
+    assert step_bench._site(chain(bench, top, "/x/src/renderssl/models/b.py(20): inner", "torch/nn/functional.py(1): f")) == \
         "renderssl/models/b.py(20): inner < renderssl/models/a.py(10): outer"
+    assert step_bench._site(chain(bench, top)) == "renderssl/models/a.py(10): outer"
+    assert step_bench._site(chain(bench, "torch/nn/functional.py(1): f")) == "bench (outside renderssl)"
     assert step_bench._site(chain("autograd::engine::evaluate_function: IndexBackward0", "IndexBackward0")) == "backward of IndexBackward0"
     assert step_bench._site(chain("torch/nn/functional.py(1): f")) == "(no renderssl frame)"
+    # the phase range ends the walk: the optimizer's ops are not charged to the command line that runs the bench
+    assert step_bench._site(chain("/x/src/renderssl/cli.py(95): _bench_step", "[python] optimizer", "torch/optim/adamw.py(1): step")) == \
+        "[python] optimizer (outside renderssl)"
+    assert step_bench._site(chain("/x/src/renderssl/cli.py(95): _bench_step", "[python] backward",
+                                  "autograd::engine::evaluate_function: FnBackward", "/x/src/renderssl/models/c.py(7): backward")) == \
+        "renderssl/models/c.py(7): backward"
 
 
 class _ScheduledMethod(nn.Module):

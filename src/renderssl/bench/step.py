@@ -57,8 +57,8 @@ ratio against MAE at the same encoder.
   Shares are of the profiled steps' summed self time (= the steps' wall time minus time in no event).
   The top non-matmul events are listed by self time with their share; with ``sites`` a second profiled
   run with ``with_stack=True`` attributes each to the renderssl functions that issued it (the innermost
-  two ``renderssl/`` Python functions outside ``renderssl/bench`` among the event's ancestors, named by
-  file and first line); an op run by the autograd engine has no Python stack and is attributed to its backward node (``backward of IndexBackward0``).
+  two ``renderssl/`` Python functions among the event's ancestors inside the step's phase range, named by
+  file and first line; ``[python] optimizer (outside renderssl)`` for torch.optim's ops); an op run by the autograd engine has no Python stack and is attributed to its backward node (``backward of IndexBackward0``).
 - FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
   convolutions and attention, forward and backward; elementwise work, gathers and the rasterizer's
   compositing are not counted), so GFLOP/s is a lower bound of the arithmetic done.
@@ -306,14 +306,17 @@ def _op_self_time_us(event, cuda: bool) -> float:
 
 
 def _site(event, depth: int = 2) -> str:
-    """Where ``event`` was issued: the innermost ``depth`` renderssl Python functions (outside renderssl/bench)
-    among its ancestors, as ``renderssl/FILE.py(LINE): FUNCTION`` with LINE the function's first line
-    (the profiler's Python events name functions, not call lines), innermost first, joined by " < "; or
-    ``backward of <node>`` for an op the autograd engine ran."""
+    """Where ``event`` was issued: the innermost ``depth`` renderssl Python functions among its ancestors
+    below the step's phase range, as ``renderssl/FILE.py(LINE): FUNCTION`` with LINE the function's first
+    line (the profiler's Python events name functions, not call lines), innermost first, joined by " < ";
+    ``backward of <node>`` for an op the autograd engine ran; ``<phase> (outside renderssl)`` for an op
+    with no renderssl function inside its phase (the optimizer's, for one)."""
     frames, e = [], event.cpu_parent
     while e is not None and len(frames) < depth:
         name = e.name.replace("\\", "/")
-        if "renderssl/" in name and "renderssl/bench/" not in name and "(" in name:
+        if name in PHASES or "renderssl/bench/" in name:  # the harness: above it is the bench, not the recipe
+            return " < ".join(frames) if frames else f"{name if name in PHASES else 'bench'} (outside renderssl)"
+        if "renderssl/" in name and "(" in name:
             frames.append(name[name.index("renderssl/"):])
         elif name.startswith("autograd::engine::evaluate_function: ") and not frames:
             return "backward of " + name.split(": ", 1)[1]
