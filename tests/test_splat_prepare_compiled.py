@@ -156,3 +156,30 @@ def test_float32_pairs_match_twin():
     (c_ours, g_ours, s_ours, n_ours, a_ours, *_), (c_ref, g_ref, s_ref, n_ref, a_ref, *_) = prepared_both(proj, 4, 3, 65536)
     assert torch.equal(g_ours, g_ref) and torch.equal(n_ours, n_ref) and torch.equal(a_ours, a_ref)
     torch.testing.assert_close(c_ours, c_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_untile_matches_torch_twin_values_and_gradients():
+    from renderssl.render.splat_prepare_compiled import untile_compiled
+
+    B, V, tiles_x, tiles_y, H, W, C = 2, 2, 3, 2, 27, 40, 4  # the last tile row and column are partial
+    T_all, P = B * V * tiles_x * tiles_y, 256
+    active = torch.tensor([5, 0, 17, 23, 9, 12, 3])  # some tiles empty
+    g = torch.Generator().manual_seed(0)
+    out = torch.rand(len(active), P, C, generator=g, dtype=torch.float64, requires_grad=True)
+    T = torch.rand(len(active), P, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def twin(out, T):
+        full = out.new_zeros((T_all, P, C)).index_copy(0, active, out)
+        trans = T.new_ones((T_all, P)).index_copy(0, active, T)[..., None]
+
+        def untile(t):
+            t = t.reshape(B, V, tiles_y, tiles_x, 16, 16, t.shape[-1]).permute(0, 1, 2, 4, 3, 5, 6)
+            return t.reshape(B, V, tiles_y * 16, tiles_x * 16, -1)[:, :, :H, :W].reshape(B, V, H * W, -1)
+
+        return untile(full), untile(trans)[..., 0]
+
+    ours, ref = untile_compiled(out, T, active, B, V, tiles_x, tiles_y, H, W), twin(out, T)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    assert torch.autograd.gradcheck(lambda o, t: untile_compiled(o, t, active[:3], B, V, tiles_x, tiles_y, H, W),
+                                     (out[:3, :, :2].detach().requires_grad_(True), T[:3].detach().requires_grad_(True)))

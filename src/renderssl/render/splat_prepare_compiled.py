@@ -25,6 +25,9 @@ Three steps, each with its torch twin and a parity test (tests/test_splat_prepar
   (mean in the tile's frame, conic, ln clamp(o, 1/255)), one pass over pairs; the backward sums each
   Gaussian's pairs through the Gaussian-major slot -> pair map that binning wrote (deterministic, no
   scatter races) instead of an index_add over pairs.
+- :func:`untile_compiled` = the index_copy into the full tile grid + permute + crop that ends
+  ``_rasterize_tiles``: one pass writing each image pixel from its tile row (or the fill value), and a
+  backward that reads each tile row's pixels back (the tile padding past the image edge gets 0).
 
 Built on first use with ``torch.utils.cpp_extension`` as render/splat_compiled.py does (cached by
 torch); when no compiler is available :func:`prepare_kernel` warns once and returns None, and callers
@@ -190,3 +193,30 @@ def prepare_pairs_compiled(proj: Projected, tiles_x: int, tiles_y: int, max_per_
     coef = PairCoefficients.apply(proj.means2d.reshape(G, 2), proj.conics.reshape(G, 3), proj.opacities.reshape(G),
                                   bins, tiles_x, tiles_y)  # (M, 6)
     return coef, bins.pair_gauss, bins.tile_start, bins.tile_count, bins.active, bins.overflow, bins.biggest
+
+
+class UntileCompiled(torch.autograd.Function):
+    """Composited tile rows (rows, P, C) of the tiles ``active`` (rows,) -> images (B*V, H*W, C); pixels of
+    tiles without a row get ``fill`` (0 for colour + depth, 1 for transmittance). The torch twin is the
+    index_copy + permute + crop at the end of splat_tiles ``_rasterize_tiles``."""
+
+    @staticmethod
+    def forward(ctx, rows, active, images: int, tiles_x: int, tiles_y: int, H: int, W: int, fill: float):
+        ctx.save_for_backward(active)
+        ctx.shape = (tiles_x, tiles_y, H, W)
+        return prepare_kernel().untile_forward(rows.contiguous(), active, images, tiles_x, tiles_y, H, W, fill)
+
+    @staticmethod
+    def backward(ctx, g_image):
+        (active,) = ctx.saved_tensors
+        return prepare_kernel().untile_backward(g_image.contiguous(), active, *ctx.shape), None, None, None, None, None, None, None
+
+
+def untile_compiled(out: Tensor, T: Tensor, active: Tensor, B: int, V: int, tiles_x: int, tiles_y: int, H: int, W: int):
+    """(colour + depth (B, V, H*W, C), transmittance (B, V, H*W)) from the composited rows out (rows, P, C)
+    and T (rows, P), or None where the kernel cannot run."""
+    if prepare_kernel() is None or not _supported(out, T):
+        return None
+    image = UntileCompiled.apply(out, active, B * V, tiles_x, tiles_y, H, W, 0.0)  # (B*V, H*W, C)
+    trans = UntileCompiled.apply(T[..., None], active, B * V, tiles_x, tiles_y, H, W, 1.0)  # (B*V, H*W, 1)
+    return image.reshape(B, V, H * W, -1), trans.reshape(B, V, H * W)

@@ -263,6 +263,13 @@ def _rasterize_tiles(
     else:
         out, T = _CompositeTiles.apply(coef, values, gauss, starts[active], counts[active], depth_chunk)
 
+    if compiled:  # the untile below in C++ (render/splat_prepare_compiled.py), where it can run
+        from .splat_prepare_compiled import untile_compiled
+
+        images = untile_compiled(out, T, active, B, V, tiles_x, tiles_y, cameras.height, cameras.width)
+        if images is not None:
+            return (*images, overflow, biggest)
+
     # Scatter active tiles into the full tile grid; empty tiles are fully transparent.
     P = TILE * TILE
     out_tiles = values.new_zeros((T_all, P, D + 1)).index_copy(0, active, out)

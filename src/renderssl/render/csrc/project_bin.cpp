@@ -14,6 +14,8 @@
 //   pair_slot maps each (Gaussian, tile) slot in Gaussian-major order to its sorted pair (or -1 when
 //   dropped) so the coefficient backward sums a Gaussian's pairs without scatter races.
 // - pair_coefficients(_backward): per pair / per Gaussian.
+// - untile_forward / untile_backward: composited tile rows -> (B*V, H*W, C) images and back, one pass
+//   per image row / tile row (replaces index_copy into the full tile grid + permute + crop).
 // Torch's intra-op threads (at::parallel_for, OpenMP in torch's builds, so torch.set_num_threads
 // applies) split Gaussians, images and pairs.
 #include <ATen/Parallel.h>
@@ -451,6 +453,52 @@ void coef_backward_impl(const T* g_coef, const T* means2d, const T* conics, cons
   });
 }
 
+// ------------------------------------------------------------------------------------------------
+// Untile: composited tile rows (rows, P, C) -> images (B*V, H*W, C), tiles without a row -> fill
+// ------------------------------------------------------------------------------------------------
+
+template <typename T>
+void untile_forward_impl(const T* rows_data, const int64_t* tile_row, int64_t images, int64_t tiles_x, int64_t tiles_y,
+                         int64_t H, int64_t W, int64_t C, T fill, T* image) {
+  constexpr int P = TILE * TILE;
+  at::parallel_for(0, images * H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t iy = begin; iy < end; ++iy) {
+      const int64_t i = iy / H, y = iy % H;
+      T* dst = image + iy * W * C;
+      for (int64_t x = 0; x < W; ++x) {
+        const int64_t r = tile_row[(i * tiles_y + y / TILE) * tiles_x + x / TILE];
+        if (r < 0) {
+          for (int64_t c = 0; c < C; ++c) dst[x * C + c] = fill;
+          continue;
+        }
+        const T* src = rows_data + (r * P + (y % TILE) * TILE + x % TILE) * C;
+        for (int64_t c = 0; c < C; ++c) dst[x * C + c] = src[c];
+      }
+    }
+  });
+}
+
+template <typename T>
+void untile_backward_impl(const T* g_image, const int64_t* active, int64_t rows, int64_t tiles_x, int64_t tiles_y,
+                          int64_t H, int64_t W, int64_t C, T* g_rows) {
+  constexpr int P = TILE * TILE;
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t t = active[r], i = t / (tiles_x * tiles_y), ty = (t / tiles_x) % tiles_y, tx = t % tiles_x;
+      for (int p = 0; p < P; ++p) {
+        const int64_t y = ty * TILE + p / TILE, x = tx * TILE + p % TILE;
+        T* dst = g_rows + (r * P + p) * C;
+        if (y >= H || x >= W) {  // tile padding past the image edge gets no gradient
+          for (int64_t c = 0; c < C; ++c) dst[c] = 0;
+          continue;
+        }
+        const T* src = g_image + ((i * H + y) * W + x) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = src[c];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales, torch::Tensor opac,
@@ -533,10 +581,38 @@ std::vector<torch::Tensor> pair_coefficients_backward(torch::Tensor g_coef, torc
   return {g_means2d, g_conics, g_opac};
 }
 
+torch::Tensor untile_forward(torch::Tensor rows_data, torch::Tensor active, int64_t images, int64_t tiles_x, int64_t tiles_y,
+                             int64_t H, int64_t W, double fill) {
+  check(rows_data, "rows", 3), check(active, "active", 1);
+  const int64_t C = rows_data.size(2), T_all = images * tiles_x * tiles_y;
+  std::vector<int64_t> tile_row(T_all, -1);
+  const int64_t* act = active.data_ptr<int64_t>();
+  for (int64_t r = 0; r < active.size(0); ++r) tile_row[act[r]] = r;
+  auto image = torch::empty({images, H * W, C}, rows_data.options());
+  AT_DISPATCH_FLOATING_TYPES(rows_data.scalar_type(), "untile_forward", [&] {
+    untile_forward_impl<scalar_t>(rows_data.data_ptr<scalar_t>(), tile_row.data(), images, tiles_x, tiles_y, H, W, C,
+                                  scalar_t(fill), image.data_ptr<scalar_t>());
+  });
+  return image;
+}
+
+torch::Tensor untile_backward(torch::Tensor g_image, torch::Tensor active, int64_t tiles_x, int64_t tiles_y, int64_t H, int64_t W) {
+  check(g_image, "g_image", 3), check(active, "active", 1);
+  const int64_t rows = active.size(0), C = g_image.size(2);
+  auto g_rows = torch::empty({rows, TILE * TILE, C}, g_image.options());
+  AT_DISPATCH_FLOATING_TYPES(g_image.scalar_type(), "untile_backward", [&] {
+    untile_backward_impl<scalar_t>(g_image.data_ptr<scalar_t>(), active.data_ptr<int64_t>(), rows, tiles_x, tiles_y, H, W, C,
+                                   g_rows.data_ptr<scalar_t>());
+  });
+  return g_rows;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_forward", &project_forward, "EWA projection with culling and extent (CPU)");
   m.def("project_backward", &project_backward, "EWA projection, backward (CPU)");
   m.def("bin_tiles", &bin_tiles, "(Gaussian, tile) pairs sorted by tile then (depth, index) (CPU)");
   m.def("pair_coefficients", &pair_coefficients, "per-pair log-alpha coefficients (CPU)");
   m.def("pair_coefficients_backward", &pair_coefficients_backward, "per-pair log-alpha coefficients, backward (CPU)");
+  m.def("untile_forward", &untile_forward, "tile rows -> images (CPU)");
+  m.def("untile_backward", &untile_backward, "tile rows -> images, backward (CPU)");
 }
