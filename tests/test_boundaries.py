@@ -260,3 +260,90 @@ def test_evaluate_folder_pairs_by_stem(tmp_path):
     Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(pred_dir / "a.png")
     with pytest.raises(InputError, match="a.png.*size"):
         evaluate_folder(pred_dir, gt_dir)
+
+
+# ----------------------------------------------------------------------------- compiled twins
+
+
+def _compiled_or_skip():
+    from renderssl.eval.boundaries import compiled_module
+
+    if compiled_module() is None:
+        pytest.skip("no C++ compiler: the compiled matcher is unavailable (scipy fallback in use)")
+
+
+def _same_match(pred, gt, max_dist):
+    from renderssl.eval.boundaries import match_boundaries_scipy
+
+    fast, slow = match_boundaries(pred, gt, max_dist, method="compiled"), match_boundaries_scipy(pred, gt, max_dist)
+    return fast.count == slow.count and np.array_equal(fast.pred_matched, slow.pred_matched) and np.array_equal(fast.gt_matched, slow.gt_matched)
+
+
+def test_compiled_matcher_is_scipys_matching_pixel_for_pixel():
+    # Precision pools the annotators' matched predicted pixels, so the matching itself (not only its
+    # size) must be the twin's for the scores to be identical.
+    _compiled_or_skip()
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        h, w = rng.integers(1, 36, 2)
+        pred, gt = rng.random((h, w)) < rng.random(), rng.random((h, w)) < rng.random()
+        max_dist = rng.choice([0.5, 1.0, 1.5, 2.3, 4.4, 6.0]) / math.hypot(h, w)
+        assert _same_match(pred, gt, max_dist), trial
+        if trial < 40:  # and a maximum one, against an independent min-cost assignment
+            assert match_boundaries(pred, gt, max_dist).count == brute_force_count(pred, gt, tolerance_pixels((h, w), max_dist)), trial
+    n, tol = 120, 4.4 / math.hypot(120, 120)
+    blob = np.zeros((n, n), bool)
+    blob[20:90, 10:100] = True
+    every3, every4, every4_shift = (np.zeros((n, n), bool) for _ in range(3))
+    every3[::3], every4[::4], every4_shift[2::4] = True, True, True
+    empty, one = np.zeros((n, n), bool), np.zeros((n, n), bool)
+    one[50, 50] = True
+    cases = {
+        "dense blob vs lines": (blob, every3), "lines vs dense blob": (every3, blob),
+        "parallel lines within tolerance": (every4, every4_shift), "blob vs shifted blob": (blob, np.roll(blob, 3, 1)),
+        "empty prediction": (empty, every3), "empty ground truth": (blob, empty), "both empty": (empty, empty),
+        "one pixel vs blob": (one, blob), "blob vs one pixel": (blob, one),
+        "dense noise": (rng.random((n, n)) < 0.5, rng.random((n, n)) < 0.3),
+    }
+    for name, (p, g) in cases.items():
+        assert _same_match(p, g, tol), name
+    assert match_boundaries(every4, every4_shift, tol).count == every4_shift.sum()
+    assert match_boundaries(one, blob, tol).count == 1 and match_boundaries(empty, every3, tol).count == 0
+
+
+def test_compiled_thinning_equals_numpy():
+    from renderssl.eval.boundaries import thin_edges_numpy
+
+    _compiled_or_skip()
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    for trial in range(20):
+        h, w = rng.integers(1, 60, 2)
+        m = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0, 3)) > rng.uniform(0.3, 0.7)
+        assert np.array_equal(thin_edges(m, method="compiled"), thin_edges_numpy(m)), trial
+    stack = rng.random((3, 2, 40, 50)) < 0.6  # batched: each map thinned on its own
+    assert np.array_equal(thin_edges(stack, method="compiled"), thin_edges_numpy(stack))
+    assert np.array_equal(thin_edges(stack, max_iter=1), thin_edges_numpy(stack, max_iter=1))
+
+
+def test_fast_path_scores_identical_to_twin_and_workers():
+    from renderssl.bench.boundaries import stand_in_image
+    from renderssl.eval.boundaries import usable_cores
+
+    _compiled_or_skip()
+    images = [stand_in_image(0, i, size=(64, 96), annotators=3) for i in range(3)]
+    maps, gts = [e for e, _ in images], [g for _, g in images]
+    slow = evaluate_boundaries(maps, gts, thresholds=25, method="scipy", workers=1)
+    fast = evaluate_boundaries(maps, gts, thresholds=25, method="compiled", workers=2)
+    assert np.array_equal(slow["counts"], fast["counts"]) and slow["counts"][..., 2].sum() > 0
+    assert (slow["ods"], slow["ois"], slow["ap"]) == (fast["ods"], fast["ois"], fast["ap"])
+    assert fast["workers"] == 2 and slow["workers"] == 1
+    assert evaluate_boundaries(maps[:1], gts[:1], thresholds=5)["workers"] == 1  # never more than the images
+    assert evaluate_boundaries(maps, gts, thresholds=5)["workers"] == min(usable_cores(), 3)  # default: the usable cores
+    with pytest.raises(InputError, match="method"):
+        evaluate_boundaries(maps, gts, method="fast")
+    with pytest.raises(InputError, match="workers"):
+        evaluate_boundaries(maps, gts, workers=0)
+    with pytest.raises(InputError, match="match_boundaries: method"):
+        match_boundaries(maps[0] > 0.5, gts[0][0], method="hungarian")
