@@ -334,6 +334,11 @@ def test_sites_name_the_renderssl_function_and_the_backward_node():
     assert any(s.startswith("backward of ") for s in where)
     for name, sites in p.sites.items():
         assert sum(share for _, share in sites) == pytest.approx(1.0)
+    # by function: the forward's ops and, charged to it through the autograd node, the backward's
+    functions = {where: share for where, share, _ in p.functions}
+    assert "renderssl/geometry/rotations.py(12): quat_to_rotmat" in functions
+    assert "bwd renderssl/geometry/rotations.py(12): quat_to_rotmat" in functions
+    assert 0 < sum(functions.values()) <= 1 + 1e-9
     # the walk up the parents: bench frames skipped, two renderssl frames, a backward node
     def chain(*names):
         parent = None

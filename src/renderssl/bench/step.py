@@ -58,7 +58,15 @@ ratio against MAE at the same encoder.
   The top non-matmul events are listed by self time with their share; with ``sites`` a second profiled
   run with ``with_stack=True`` attributes each to the renderssl functions that issued it (the innermost
   two ``renderssl/`` Python functions among the event's ancestors inside the step's phase range, named by
-  file and first line; ``[python] optimizer (outside renderssl)`` for torch.optim's ops); an op run by the autograd engine has no Python stack and is attributed to its backward node (``backward of IndexBackward0``).
+  file and first line; ``[python] optimizer (outside renderssl)`` for torch.optim's ops); the same run
+  also sums every non-matmul event's self time by that site, an op of the backward charged to the site of
+  the forward op that recorded its autograd node (same ``sequence_nr``; shown as ``bwd <site>``; nodes
+  made during a backward, as a double backward's, stay ``backward of <node>``), shares of that run's
+  total: the renderssl functions whose non-matmul work costs most, forward and backward together. (An op
+  run by the autograd engine has no Python stack: as a top event's site it reads ``backward of
+  IndexBackward0``.) The profiler's per-op overhead makes op-heavy code (many small ops: loops, the
+  optimizer's per-parameter updates) look somewhat larger than it runs; ratios of the timed steps are
+  the figures to quote.
 - FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
   convolutions and attention, forward and backward; elementwise work, gathers and the rasterizer's
   compositing are not counted), so GFLOP/s is a lower bound of the arithmetic done.
@@ -263,6 +271,8 @@ class OpProfile:
     steps: int
     self_seconds: dict[str, float]  # event name -> self time
     sites: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # event -> [(where, share of the event)], largest first
+    # [(renderssl function, share of the step's self time, [(op, share)] its largest ops)], non-matmul, largest first
+    functions: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
 
     @property
     def total(self) -> float:
@@ -348,16 +358,44 @@ def profile_steps(step, steps: int = 3, device: torch.device | str = "cpu", site
                 totals[e.name] += t * 1e-6
     result = OpProfile(steps, dict(totals))
     if sites:
-        wanted = {n for n, _ in result.top_other(top)} - set(PHASES)
-        by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for e in run(True, steps):
-            if e.name in wanted and not getattr(e, "is_python_function", False):
-                t = _op_self_time_us(e, cuda)
-                if t > 0:
-                    by_site[e.name][_site(e)] += t * 1e-6
-        result.sites = {n: sorted(((k, v / sum(d.values())) for k, v in d.items()), key=lambda x: -x[1])
-                        for n, d in by_site.items()}
+        result.sites, result.functions = _attribute(run(True, steps), {n for n, _ in result.top_other(top)} - set(PHASES), cuda)
     return result
+
+
+def _attribute(events, wanted: set[str], cuda: bool, keep: int = 10):
+    """From a ``with_stack`` run: the sites of the ``wanted`` events, and the non-matmul self time by site
+    with backward ops charged to the forward op that recorded their autograd node (same ``sequence_nr``)."""
+    ops = [e for e in events if not getattr(e, "is_python_function", False)]
+    forward_site: dict[int, str] = {}
+    for e in ops:
+        if e.sequence_nr >= 0 and e.sequence_nr not in forward_site and e.name.startswith("aten::"):
+            where = _site(e)
+            if not where.startswith("backward of"):
+                forward_site[e.sequence_nr] = where
+    by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_function: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    total = 0.0
+    for e in ops:
+        t = _op_self_time_us(e, cuda) * 1e-6
+        if t <= 0:
+            continue
+        total += t
+        if e.name in MATMUL_OPS:
+            continue
+        where = _site(e)
+        if e.name in wanted:
+            by_site[e.name][where] += t
+        if where.startswith("backward of"):
+            node = e.cpu_parent
+            while node is not None and not node.name.startswith("autograd::engine::evaluate_function: "):
+                node = node.cpu_parent
+            if node is not None and node.sequence_nr in forward_site:
+                where = "bwd " + forward_site[node.sequence_nr]
+        by_function[where][e.name] += t
+    sites = {n: sorted(((k, v / sum(d.values())) for k, v in d.items()), key=lambda x: -x[1]) for n, d in by_site.items()}
+    functions = sorted(((f, sum(d.values()) / total, sorted(((n, v / total) for n, v in d.items()), key=lambda x: -x[1])[:4])
+                        for f, d in by_function.items()), key=lambda x: -x[1]) if total > 0 else []
+    return sites, functions[:keep]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -601,6 +639,11 @@ def format_recipe(r: RecipeBench, peak: float) -> str:
             for name, share in p.top_other():
                 where = "; ".join(f"{100 * s:.0f}% {site}" for site, s in p.sites.get(name, [])[:3])
                 lines.append(f"      {share * 100:5.1f}%  {name}" + (f"  <- {where}" if where else ""))
+            if p.functions:
+                lines.append("    largest non-matmul costs by renderssl function (bwd: the backward of the ops it issued):")
+                for where, share, ops in p.functions:
+                    detail = ", ".join(f"{n.removeprefix('aten::')} {100 * v:.1f}%" for n, v in ops)
+                    lines.append(f"      {share * 100:5.1f}%  {where}  [{detail}]")
     if r.gmae_over_mae is not None:
         flops = r.timings[0].gflop_per_step / r.timings[1].gflop_per_step
         lines.append(f"  GMAE / MAE step time: {r.gmae_over_mae:.3f} (median over interleaved rounds; "
