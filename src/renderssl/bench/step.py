@@ -35,7 +35,8 @@ ratio against MAE at the same encoder.
   cost (views of the marked tensors, and on CUDA four synchronisations per call) is part of the timed step.
 - Profile (:func:`profile_steps`): ``torch.profiler`` over ``profile_steps`` further steps (after the
   timed ones, timer removed). Every profiler event's SELF time (its time minus its children's) is counted
-  once, so nothing is counted twice: on CPU self CPU time, on CUDA self device time (kernels). Matrix
+  once, so nothing is counted twice: on CPU self CPU time, on CUDA the self device time of the ops (the
+  kernels each op launched itself; the kernel rows, which repeat them, are not counted). Matrix
   products are the events named in :data:`MATMUL_OPS`, each ``aten::`` + one of: mm, bmm, addmm,
   baddbmm, addbmm, _addmm_activation, addmv, mv, dot, matmul, linear, einsum (matrix products); conv1d,
   conv2d, conv3d, convolution, _convolution, mkldnn_convolution, _slow_conv2d_forward,
@@ -352,7 +353,7 @@ def profile_steps(step, steps: int = 3, device: torch.device | str = "cpu", site
 
     totals: dict[str, float] = defaultdict(float)
     for e in run(False, 0):
-        if e.device_type.name == "CPU" or cuda:
+        if e.device_type.name == "CPU":  # on CUDA an op's self device time holds its kernels: kernel rows would count twice
             t = _self_time_us(e, cuda)
             if t > 0:
                 totals[e.name] += t * 1e-6
@@ -365,7 +366,7 @@ def profile_steps(step, steps: int = 3, device: torch.device | str = "cpu", site
 def _attribute(events, wanted: set[str], cuda: bool, keep: int = 10):
     """From a ``with_stack`` run: the sites of the ``wanted`` events, and the non-matmul self time by site
     with backward ops charged to the forward op that recorded their autograd node (same ``sequence_nr``)."""
-    ops = [e for e in events if not getattr(e, "is_python_function", False)]
+    ops = [e for e in events if not getattr(e, "is_python_function", False) and e.device_type.name == "CPU"]
     forward_site: dict[int, str] = {}
     for e in ops:
         if e.sequence_nr >= 0 and e.sequence_nr not in forward_site and e.name.startswith("aten::"):
