@@ -183,3 +183,33 @@ def test_untile_matches_torch_twin_values_and_gradients():
         assert torch.equal(a, b)
     assert torch.autograd.gradcheck(lambda o, t: untile_compiled(o, t, active[:3], B, V, tiles_x, tiles_y, H, W),
                                      (out[:3, :, :2].detach().requires_grad_(True), T[:3].detach().requires_grad_(True)))
+
+
+def test_two_threads_give_identical_pairs_and_gradients():
+    gauss, cams = scene(B=2, V=2, N=300, W=70, H=50, seed=11, scale=0.1)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            params = [getattr(gauss, p).clone().requires_grad_(True) for p in PARAMS]
+            proj = project_gaussians_compiled(Gaussians(*params, gauss.colors), cams)
+            coef, pair_gauss, *_ = prepare_pairs_compiled(proj, 5, 4, 65536)
+            loss = (coef * torch.linspace(0.5, 1.5, 6, dtype=coef.dtype)).sum() + proj.depths.sum()
+            results.append((pair_gauss, coef.detach(), torch.autograd.grad(loss, params)))
+    finally:
+        torch.set_num_threads(threads)
+    (g1, c1, d1), (g2, c2, d2) = results
+    assert torch.equal(g1, g2) and torch.equal(c1, c2) and all(torch.equal(a, b) for a, b in zip(d1, d2))
+
+
+def test_without_the_kernel_the_compiled_backend_uses_the_torch_twins(monkeypatch):
+    import renderssl.render.splat_prepare_compiled as prepared
+    from renderssl.render.splat import rasterize
+
+    gauss, cams = scene(B=1, V=2, N=200, seed=12)
+    with_kernel = rasterize(gauss, cams, backend="compiled")
+    monkeypatch.setattr(prepared, "prepare_kernel", lambda: None)
+    without = rasterize(gauss, cams, backend="compiled")
+    for name in ("color", "depth", "alpha"):
+        torch.testing.assert_close(getattr(without, name), getattr(with_kernel, name), rtol=1e-10, atol=1e-10)

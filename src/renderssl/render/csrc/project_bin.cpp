@@ -30,6 +30,7 @@ namespace {
 
 constexpr int TILE = 16;
 constexpr double ALPHA_MIN = 1.0 / 255.0;
+#define ALWAYS_INLINE inline __attribute__((always_inline))  // small per-Gaussian helpers stay in registers
 
 void check(const torch::Tensor& t, const char* name, int dims) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
@@ -48,7 +49,7 @@ struct Settings {
 
 // Rotation R (row-major) of the normalised quaternion q = (w, x, y, z) / max(|q|, 1e-12).
 template <typename T>
-void quat_rotmat(const T* q_raw, T* qn, T& norm, T* R) {
+ALWAYS_INLINE void quat_rotmat(const T* q_raw, T* qn, T& norm, T* R) {
   norm = std::sqrt(q_raw[0] * q_raw[0] + q_raw[1] * q_raw[1] + q_raw[2] * q_raw[2] + q_raw[3] * q_raw[3]);
   const T inv = T(1) / std::max(norm, T(1e-12));
   for (int i = 0; i < 4; ++i) qn[i] = q_raw[i] * inv;
@@ -60,7 +61,7 @@ void quat_rotmat(const T* q_raw, T* qn, T& norm, T* R) {
 
 // World covariance Sigma = (R S)(R S)^T, M = R diag(s).
 template <typename T>
-void covariance(const T* R, const T* s, T* M, T* Sig) {
+ALWAYS_INLINE void covariance(const T* R, const T* s, T* M, T* Sig) {
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) M[3 * i + j] = R[3 * i + j] * s[j];
   for (int i = 0; i < 3; ++i)
@@ -84,7 +85,7 @@ struct CamTerms {
 };
 
 template <typename T>
-void project_one(const T* mean, const T* Sig, const T* w2c, const T* K, const T* lim, const Settings& s, CamTerms<T>& t) {
+ALWAYS_INLINE void project_one(const T* mean, const T* Sig, const T* w2c, const T* K, const T* lim, const Settings& s, CamTerms<T>& t) {
   const T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
   for (int i = 0; i < 3; ++i) t.p[i] = w2c[4 * i] * mean[0] + w2c[4 * i + 1] * mean[1] + w2c[4 * i + 2] * mean[2] + w2c[4 * i + 3];
   T WS[9];  // W Sigma
@@ -176,7 +177,7 @@ void project_forward_impl(const T* means, const T* quats, const T* scales, const
 
 // torch.maximum / torch.minimum backward: the gradient goes to the larger (smaller) input, half each on a tie.
 template <typename T>
-T clamp_grad(T u, T lo, T hi) {
+ALWAYS_INLINE T clamp_grad(T u, T lo, T hi) {
   const T m = std::max(u, lo);
   const T g_max = u > lo ? T(1) : (u == lo ? T(0.5) : T(0));
   const T g_min = m < hi ? T(1) : (m == hi ? T(0.5) : T(0));
