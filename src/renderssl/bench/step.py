@@ -75,8 +75,8 @@ ratio against MAE at the same encoder.
   once in the same run.
 - The MAE twin of a GMAE config has the same encoder, mask ratio and decoder width, depth and heads:
   only the decoder's output (pixels per patch vs k Gaussians + splatting) differs, and GMAE's decoder
-  runs 1 + visible + k tokens where MAE's runs 1 + L. It gets the same batch and an AdamW of the same
-  settings. The two methods' steps are interleaved (GMAE, MAE, GMAE, ...) so a change of load hits both
+  runs 1 + visible + k tokens where MAE's runs 1 + L. It gets the same batch and a plain AdamW (lr 1e-4,
+  betas (0.9, 0.95), weight decay 0.05; one parameter group: the values do not change the time). The two methods' steps are interleaved (GMAE, MAE, GMAE, ...) so a change of load hits both
   alike, and the ratio is the median over rounds of (GMAE step / MAE step) of the same round.
 - ``--all-tiny`` (:data:`TINY_PRESETS`): every recipe's tiny preset one after the other in this process,
   a table at the end.
