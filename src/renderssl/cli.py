@@ -15,6 +15,7 @@
     renderssl data inspect PATH [--json FILE]       what a data folder holds; camera / depth sanity; bad files
     renderssl bench render | step CONFIG [CONFIG ...] | step --all-tiny | encoders  benchmarks
     renderssl bench memory PRESET [PRESET ...]      peak memory per batch and per rendered pixel of a step
+    renderssl bench boundaries [--gt DIR --pred DIR] BSDS benchmark wall time; fast path vs twin on --check N
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ def _bench_memory(args) -> None:
     snapshot = _bench_start(args, f"memory {' '.join(presets)}")
     rows = bench_memory(presets, [a for a in args.items if "=" in a], device=args.device, repeats=args.repeats)
     print(format_table(rows))
+    _bench_end(snapshot)
+
+
+def _bench_boundaries(args) -> None:
+    from .bench.boundaries import bench_boundaries, format_boundaries_bench
+
+    snapshot = _bench_start(args, "boundaries")
+    result = bench_boundaries(args.gt, args.pred, args.folder or None, images=args.images, seed=args.seed,
+                              workers=args.workers or None, check=args.check, thresholds=args.thresholds)
+    print(format_boundaries_bench(result))
     _bench_end(snapshot)
 
 
@@ -424,6 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--device", default="cpu")
     enc.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     enc.set_defaults(handler=_bench_encoders)
+    bnd = bench.add_parser("boundaries", help="BSDS boundary benchmark: wall time over a test set (a seeded stand-in "
+                                              "of BSDS500 when --gt/--pred are not given) and the fast path vs its twin")
+    bnd.add_argument("--gt", default=None, metavar="DIR", help="folder of <stem>.mat ground truth (with --pred)")
+    bnd.add_argument("--pred", default=None, metavar="DIR", help="folder of <stem>.png edge maps (with --gt)")
+    bnd.add_argument("--folder", default="", help="where the stand-in is written (default: a temp folder; reused)")
+    bnd.add_argument("--images", type=int, default=200, help="stand-in images")
+    bnd.add_argument("--seed", type=int, default=0, help="stand-in seed")
+    bnd.add_argument("--workers", type=int, default=0, help="processes for the timed run (0 = the usable cores)")
+    bnd.add_argument("--check", type=int, default=20,
+                     help="images evaluated by the slow twin and the fast path, which must agree (0 = no check)")
+    bnd.add_argument("--thresholds", type=int, default=99, help="threshold levels (the benchmark's 99)")
+    bnd.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    bnd.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    bnd.set_defaults(handler=_bench_boundaries)
     return parser
 
 
