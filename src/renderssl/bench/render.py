@@ -27,6 +27,20 @@ after one untimed warm-up run for runs under a second. Exponents are least-squar
 b log N + c log P over the grid points with N >= 4096 (below that fixed per-call costs dominate), made
 only with at least 3 distinct N and 3 distinct image sizes among them (:mod:`.scaling`): otherwise the
 reason is printed instead of an exponent.
+
+Compositing (``--compositing``, :func:`bench_compositing`; also part of the full run): the compiled
+kernel alone against the arithmetic it needs, all with ONE thread in the same run. The kernel's inputs
+are captured from a real ``compiled`` render of the surface scene (16k Gaussians, 320x240), then its
+forward and backward are timed directly (best of ``repeats``). A *pair* is a (pixel, Gaussian) pair
+that gsplat's per-pixel algorithm visits: each pixel walks its tile's depth-sorted list up to and
+including the Gaussian at which it terminates (or to the end), whether or not that Gaussian covers it;
+the kernel counts them (``visited``) and both ns/pair figures divide by this one count (the useful
+work; the backward's own walk, sum of last + 1, is printed beside it). The reference is the ns per
+element of an in-cache vectorised exp: the kernel's own exp over a 4096-element float32 array,
+repeated, timed inside the extension (no Python call per repetition); ``torch.exp`` on the same
+4096-element tensor (``out=``, one call per repetition, so its per-call overhead is included) is printed
+beside it. Ratio = kernel ns/pair / exp ns/element (goal <= 3). Last, the whole forward + backward
+(:func:`time_render`) of ``compiled`` against its readable twin ``tiles`` on the same scene.
 """
 
 from __future__ import annotations
@@ -228,6 +242,119 @@ def bench_render(
 
         result.volume = bench_volume(device=str(device))
     return result
+
+
+COMPOSITING_SCENE = (16384, 320, 240)  # surface scene: Gaussians, width, height
+
+
+@dataclass
+class CompositingBench:
+    gaussians: int
+    width: int
+    height: int
+    simd: str  # instruction set of the kernel's build
+    pairs: int  # (pixel, Gaussian) pairs the per-pixel algorithm visits (forward walk)
+    backward_pairs: int  # pairs of the backward walk, sum of (last + 1)
+    forward_seconds: float
+    backward_seconds: float
+    exp_ns: float  # kernel's vectorised exp, ns per element, in cache, float32
+    torch_exp_ns: float  # torch.exp on 4096 float32 elements, per element, call overhead included
+    compiled_seconds: float  # whole forward + backward, compiled backend
+    tiles_seconds: float  # whole forward + backward, tiles backend
+
+    @property
+    def forward_ns(self) -> float:
+        return self.forward_seconds * 1e9 / max(self.pairs, 1)
+
+    @property
+    def backward_ns(self) -> float:
+        return self.backward_seconds * 1e9 / max(self.pairs, 1)
+
+
+def capture_compositing_inputs(gauss: Gaussians, cams: Cameras) -> tuple:
+    """(coef, values, pair_gauss, row_start, row_count) that a ``compiled`` render hands its kernel."""
+    from unittest import mock
+
+    from ..render.splat_compiled import CompositeTilesCompiled
+
+    got = []
+    apply = CompositeTilesCompiled.apply
+
+    def record(*args):
+        got.append(args)
+        return apply(*args)
+
+    with mock.patch.object(CompositeTilesCompiled, "apply", record), torch.no_grad():
+        rasterize(gauss, cams, backend="compiled")
+    if len(got) != 1:
+        raise RuntimeError(f"expected one compositing call in a compiled render, saw {len(got)}")
+    return tuple(t.detach().contiguous() for t in got[0])
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def torch_exp_ns(n: int = 4096, repeats: int = 2000) -> float:
+    """ns per element of torch.exp on an in-cache float32 tensor of n elements (best of 3 rounds)."""
+    x = torch.linspace(-8.0, 0.0, n)
+    y = torch.empty_like(x)
+    torch.exp(x, out=y)
+    return min(_best_seconds(lambda: [torch.exp(x, out=y) for _ in range(repeats)], 1) for _ in range(3)) * 1e9 / (n * repeats)
+
+
+def bench_compositing(gaussians: int = COMPOSITING_SCENE[0], width: int = COMPOSITING_SCENE[1],
+                      height: int = COMPOSITING_SCENE[2], repeats: int = 5, whole: bool = True,
+                      surface: "SurfaceScenes | None" = None, log=print) -> CompositingBench:
+    """The compiled compositing kernel in ns per visited pair vs an in-cache exp, one thread (module doc)."""
+    from ..render.splat_compiled import compiled_kernel
+
+    kernel = compiled_kernel()
+    if kernel is None:
+        raise RuntimeError("the compiled kernel is unavailable here (no C++ compiler?)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gauss, cams = (surface or SurfaceScenes())(gaussians, width, height)
+        coef, values, pair_gauss, row_start, row_count = capture_compositing_inputs(gauss, cams)
+        out, T, last, visited = kernel.composite_forward(coef, pair_gauss, values, row_start, row_count)
+        g = torch.Generator().manual_seed(0)
+        g_out, g_T = torch.rand(out.shape, generator=g, dtype=out.dtype), torch.rand(T.shape, generator=g, dtype=T.dtype)
+        fwd = _best_seconds(lambda: kernel.composite_forward(coef, pair_gauss, values, row_start, row_count), repeats)
+        bwd = _best_seconds(lambda: kernel.composite_backward(coef, pair_gauss, values, row_start, T, last, g_out, g_T), repeats)
+        exp_ns = min(kernel.exp_ns_per_element(4096, 20000) for _ in range(3))
+        t_exp = torch_exp_ns()
+        comp = tiles = float("nan")
+        if whole:
+            comp = time_render(gauss, cams, "compiled", torch.device("cpu"))[0]
+            tiles = time_render(gauss, cams, "tiles", torch.device("cpu"))[0]
+    finally:
+        torch.set_num_threads(threads)
+    result = CompositingBench(gaussians, width, height, kernel.simd_target(), int(visited.sum()), int((last + 1).sum()),
+                              fwd, bwd, exp_ns, t_exp, comp, tiles)
+    log(format_compositing(result))
+    return result
+
+
+def format_compositing(r: CompositingBench) -> str:
+    lines = [
+        f"Compositing kernel (compiled, {r.simd} build), surface N={r.gaussians} {r.width}x{r.height}, 1 thread:",
+        f"  pairs visited by the per-pixel algorithm {r.pairs / 1e6:.2f} M (backward walk {r.backward_pairs / 1e6:.2f} M)",
+        f"  forward  {r.forward_seconds * 1000:8.2f} ms  {r.forward_ns:6.2f} ns/pair  = {r.forward_ns / r.exp_ns:5.2f}x exp",
+        f"  backward {r.backward_seconds * 1000:8.2f} ms  {r.backward_ns:6.2f} ns/pair  = {r.backward_ns / r.exp_ns:5.2f}x exp",
+        f"  in-cache vectorised exp: {r.exp_ns:.3f} ns/element (kernel's exp, 4096 float32, in the extension); "
+        f"torch.exp {r.torch_exp_ns:.3f} ns/element (4096 float32, per-call overhead included)",
+        f"  ratio to exp (goal <= 3): forward {r.forward_ns / r.exp_ns:.2f}x, backward {r.backward_ns / r.exp_ns:.2f}x",
+    ]
+    if r.compiled_seconds == r.compiled_seconds:  # not NaN
+        lines.append(f"  whole forward+backward: compiled {r.compiled_seconds * 1000:.1f} ms vs tiles {r.tiles_seconds * 1000:.1f} ms "
+                     f"-> {r.tiles_seconds / r.compiled_seconds:.1f}x")
+    return "\n".join(lines)
 
 
 def format_timing(t: RenderTiming) -> str:

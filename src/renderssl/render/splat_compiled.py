@@ -1,11 +1,23 @@
 """The compiled twin of the tiles backend's compositing step (``csrc/composite_tiles.cpp``).
 
-Same inputs, outputs and thresholds as :class:`renderssl.render.splat._CompositeTiles`, computed by
-a per-pixel C++ loop (gsplat's algorithm on the CPU: walk the tile's depth-sorted Gaussians until the
-pixel terminates; backward walks back to front). It touches each (pixel, Gaussian) pair once in
-registers instead of streaming ~35 tensor passes through memory. Built on first use with
-``torch.utils.cpp_extension`` (a C++ compiler is needed; the build is cached by torch); if the build
-fails, :func:`compiled_kernel` returns None once with a warning and callers use the torch path.
+Same inputs, outputs and thresholds as :class:`renderssl.render.splat_tiles._CompositeTiles`, computed by
+gsplat's per-pixel algorithm vectorised across the 256 pixels of a tile: per (Gaussian, tile) pair one
+SIMD loop over the pixels evaluates alpha, the thresholds and the termination rule as lane masks, the
+tile stops when all its pixels have terminated, and the backward walks the pairs back to front with the
+same masks (see the C++ file's header for the mechanism, the exp, the row skipping and what the compiler
+generated). It touches each (pixel, Gaussian) pair once in registers instead of streaming ~35 tensor
+passes through memory.
+
+Built on first use with ``torch.utils.cpp_extension`` (a C++ compiler is needed; the build is cached by
+torch); if the build fails, :func:`compiled_kernel` returns None once with a warning and callers use
+the torch path. Instruction set (our choice): one build per ATen CPU capability
+(``torch.backends.cpu.get_cpu_capability()``, which also honours ``ATEN_CPU_CAPABILITY``), named after
+it: ``-march=x86-64-v4 -mprefer-vector-width=512`` for AVX512, ``-march=x86-64-v3`` for AVX2 and the
+compiler's default target otherwise. Not ``-march=native``: torch caches builds by name in a folder
+that may be shared by machines with different CPUs (a home directory on a cluster), and a native build
+loaded on an older CPU dies of an illegal instruction; keying the name on the capability keeps one
+build per instruction set. No ``-ffast-math`` (it would let the compiler drop NaN and threshold
+semantics); ``-fno-math-errno`` only (no errno writes, nothing else changes).
 """
 
 from __future__ import annotations
@@ -18,6 +30,27 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "composite_tiles.cpp"
 
+# ATen CPU capability -> compiler flags of that instruction-set level (x86-64 psABI levels, GCC >= 11 / clang >= 12).
+ISA_FLAGS = {
+    "avx512": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+    "avx2": ["-march=x86-64-v3"],
+}
+
+
+def cpu_capability() -> str:
+    """ATen's CPU capability in lower case ('avx512', 'avx2', 'default', ...)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).lower()
+    except Exception:  # older torch or an unknown platform: the compiler's default target
+        return "default"
+
+
+def build_flags(capability: str | None = None) -> tuple[str, list[str]]:
+    """(extension name suffix, extra compiler flags) for a CPU capability (default: this machine's)."""
+    cap = cpu_capability() if capability is None else capability
+    isa = ISA_FLAGS.get(cap, [])
+    return (cap if isa else "default"), ["-O3", "-fopenmp", "-fno-math-errno", *isa]
+
 
 @functools.lru_cache(maxsize=1)
 def compiled_kernel():
@@ -25,7 +58,8 @@ def compiled_kernel():
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="renderssl_composite_tiles", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+        suffix, flags = build_flags()
+        return load(name=f"renderssl_composite_tiles_{suffix}", sources=[str(SOURCE)], extra_cflags=flags,
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, headers or permissions: fall back, never fail a render
         warnings.warn(f"renderssl: compiled CPU splatting kernel unavailable ({type(err).__name__}: {err}); "
@@ -41,7 +75,7 @@ class CompositeTilesCompiled(torch.autograd.Function):
     def forward(ctx, coef, values, pair_gauss, row_start, row_count):
         kernel = compiled_kernel()
         coef, values = coef.contiguous(), values.contiguous()
-        out, T, last = kernel.composite_forward(coef, pair_gauss.contiguous(), values, row_start.contiguous(), row_count.contiguous())
+        out, T, last, _ = kernel.composite_forward(coef, pair_gauss.contiguous(), values, row_start.contiguous(), row_count.contiguous())
         ctx.save_for_backward(coef, values, pair_gauss, row_start, T, last)
         return out, T
 
@@ -50,6 +84,6 @@ class CompositeTilesCompiled(torch.autograd.Function):
         coef, values, pair_gauss, row_start, T, last = ctx.saved_tensors
         g_out = torch.zeros((*T.shape, values.shape[-1]), dtype=T.dtype) if g_out is None else g_out.contiguous()
         g_T = torch.zeros_like(T) if g_T is None else g_T.contiguous()
-        g_coef, g_pair_values = compiled_kernel().composite_backward(coef, pair_gauss, values, row_start, T, last, g_out, g_T)
+        g_coef, g_pair_values = compiled_kernel().composite_backward(coef, pair_gauss, values, row_start.contiguous(), T, last, g_out, g_T)
         g_values = torch.zeros_like(values).index_add_(0, pair_gauss, g_pair_values)
         return g_coef, g_values, None, None, None
