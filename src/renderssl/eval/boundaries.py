@@ -442,6 +442,23 @@ def image_counts(pred, gts: Sequence, levels: np.ndarray, max_dist: float = MAX_
     sum_r = float(sum(int(g.sum()) for g in gts))
     cache: dict[int, np.ndarray] = {}
     out = np.zeros((len(levels), 4))
+    if _use_compiled(method, "image_counts"):  # the same steps, each level's thinning and matchings in C++
+        import torch
+
+        mod = compiled_module()
+        gts_u8 = torch.from_numpy(np.ascontiguousarray(np.stack([np.asarray(g, dtype=bool) for g in gts]), dtype=np.uint8))  # (A, H, W)
+        offsets = torch.from_numpy(_disc_offsets(tolerance_pixels(pred.shape, max_dist)).astype(np.int64))  # (K, 2)
+        luts = torch.from_numpy(_LUT_FIRST_U8), torch.from_numpy(_LUT_SECOND_U8)
+        for t, level in enumerate(levels):
+            key = int(n_on[t])
+            if key not in cache:
+                bmap = torch.from_numpy(np.ascontiguousarray(pred >= level, dtype=np.uint8))  # (H, W)
+                if thin:
+                    bmap = mod.thin(bmap[None], *luts)[0]
+                cnt_r, cnt_p, sum_p = mod.level_counts(bmap, gts_u8, offsets)
+                cache[key] = np.array([cnt_r, sum_r, cnt_p, sum_p], dtype=np.float64)
+            out[t] = cache[key]
+        return out
     for t, level in enumerate(levels):
         key = int(n_on[t])
         if key not in cache:

@@ -23,6 +23,9 @@
 //   outside its own subtree, which in a layered graph cannot happen while that subtree is searched).
 //   The tests check pred_matched and gt_matched equal to scipy's, pixel for pixel.
 //
+// level_counts(pred, gts, offsets) -> [cntR, cntP, sumP]: one level against A annotators in one call
+//   (the union of the annotators' matched predicted pixels and the sums, as image_counts does in numpy).
+//
 // thin(masks, lut_first, lut_second) -> thinned masks, (N, H, W) uint8 0/1 each thinned on its own
 //   The same parallel two-subiteration thinning as thin_edges_numpy: per subiteration every pixel's
 //   8-neighbour code (x1 = E, then counter-clockwise; outside the image = 0) is computed from the
@@ -32,6 +35,8 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -42,43 +47,70 @@ constexpr int32_t INF = std::numeric_limits<int32_t>::max();
 
 }  // namespace
 
-std::vector<torch::Tensor> match_pixels(torch::Tensor pred, torch::Tensor gt, torch::Tensor offsets) {
-  TORCH_CHECK(pred.dim() == 2 && gt.sizes() == pred.sizes(), "match_pixels: pred and gt must be (H, W) of one size");
-  TORCH_CHECK(pred.scalar_type() == torch::kUInt8 && gt.scalar_type() == torch::kUInt8, "match_pixels: uint8 masks");
-  TORCH_CHECK(offsets.dim() == 2 && offsets.size(1) == 2 && offsets.scalar_type() == torch::kInt64, "match_pixels: offsets (K, 2) int64");
-  pred = pred.contiguous();
-  gt = gt.contiguous();
-  offsets = offsets.contiguous();
-  const int64_t H = pred.size(0), W = pred.size(1), K = offsets.size(0);
-  const uint8_t* P = pred.data_ptr<uint8_t>();
-  const uint8_t* G = gt.data_ptr<uint8_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-
-  // Vertex numbering: predicted pixels (left) and ground-truth pixels (right) in raster order.
-  std::vector<int32_t> gt_index(H * W, -1);
-  std::vector<int32_t> left_pix, right_pix;
-  for (int64_t k = 0; k < H * W; ++k) {
-    if (G[k]) {
-      gt_index[k] = static_cast<int32_t>(right_pix.size());
-      right_pix.push_back(static_cast<int32_t>(k));
-    }
-    if (P[k]) left_pix.push_back(static_cast<int32_t>(k));
+// Raster positions of the nonzero bytes of M (n bytes), in increasing order; zero 8-byte words skipped.
+static void nonzero_positions(const uint8_t* M, int64_t n, std::vector<int32_t>& out) {
+  out.clear();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    uint64_t word;
+    std::memcpy(&word, M + k, 8);
+    if (!word) continue;
+    for (int64_t b = 0; b < 8; ++b)
+      if (M[k + b]) out.push_back(static_cast<int32_t>(k + b));
   }
+  for (; k < n; ++k)
+    if (M[k]) out.push_back(static_cast<int32_t>(k));
+}
+
+// The matching of one (pred, gt) pair. left_pix (the predicted pixels' raster positions, from
+// nonzero_positions(P)) and pred_index (H * W; read only at predicted pixels, where it holds the index
+// into left_pix) are the caller's, shared by the annotators of one level. On return x[u] is the
+// ground-truth pixel (raster position) matched to left vertex u, or -1.
+static void match_raw(const uint8_t* P, const uint8_t* G, int64_t H, int64_t W, const int64_t* off, int64_t K,
+                      const std::vector<int32_t>& left_pix, const std::vector<int32_t>& pred_index,
+                      std::vector<int32_t>& x_pix) {
+  std::vector<int32_t> right_pix;
+  nonzero_positions(G, H * W, right_pix);
   const int32_t nL = static_cast<int32_t>(left_pix.size()), nR = static_cast<int32_t>(right_pix.size());
 
-  // CSR adjacency of the left vertices.
-  std::vector<int64_t> start(nL + 1, 0);
-  std::vector<int32_t> adj;
-  adj.reserve(static_cast<size_t>(nL) * 8);
-  for (int32_t u = 0; u < nL; ++u) {
-    const int64_t i = left_pix[u] / W, j = left_pix[u] % W;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t qi = i + off[2 * k], qj = j + off[2 * k + 1];
-      if (qi < 0 || qi >= H || qj < 0 || qj >= W) continue;
-      const int32_t v = gt_index[qi * W + qj];
-      if (v >= 0) adj.push_back(v);
+  // CSR adjacency of the left vertices, built from the (usually far fewer) ground-truth pixels: each
+  // q visits p = q - offset for every offset; the pairs are counting-sorted by p, stably, and q runs
+  // in increasing order, so every row lists its q in increasing order (scipy's sorted CSR).
+  std::vector<int32_t> pair_l, pair_r;
+  pair_l.reserve(static_cast<size_t>(nR) * 8);
+  pair_r.reserve(static_cast<size_t>(nR) * 8);
+  int64_t reach_i = 0, reach_j = 0;  // the disc's extent: pixels this far inside the border skip the bounds test
+  std::vector<int64_t> lin(K);  // raster offset of p from q
+  for (int64_t k = 0; k < K; ++k) {
+    reach_i = std::max(reach_i, std::abs(off[2 * k]));
+    reach_j = std::max(reach_j, std::abs(off[2 * k + 1]));
+    lin[k] = -(off[2 * k] * W + off[2 * k + 1]);
+  }
+  for (int32_t v = 0; v < nR; ++v) {
+    const int64_t q = right_pix[v], i = q / W, j = q % W;
+    if (i >= reach_i && i < H - reach_i && j >= reach_j && j < W - reach_j) {
+      for (int64_t k = 0; k < K; ++k) {
+        if (P[q + lin[k]]) {  // the 1-byte mask first: most neighbours are not predicted pixels
+          pair_l.push_back(pred_index[q + lin[k]]);
+          pair_r.push_back(v);
+        }
+      }
+      continue;
     }
-    start[u + 1] = static_cast<int64_t>(adj.size());
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t pi = i - off[2 * k], pj = j - off[2 * k + 1];
+      if (pi < 0 || pi >= H || pj < 0 || pj >= W || !P[pi * W + pj]) continue;
+      pair_l.push_back(pred_index[pi * W + pj]);
+      pair_r.push_back(v);
+    }
+  }
+  std::vector<int64_t> start(nL + 1, 0);
+  for (int32_t u : pair_l) ++start[u + 1];
+  for (int32_t u = 0; u < nL; ++u) start[u + 1] += start[u];
+  std::vector<int32_t> adj(pair_l.size());
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (size_t e = 0; e < pair_l.size(); ++e) adj[fill[pair_l[e]]++] = pair_r[e];
   }
 
   // scipy's _hopcroft_karp (scipy/sparse/csgraph/_matching.pyx), same vertex, edge and stack order.
@@ -181,17 +213,76 @@ std::vector<torch::Tensor> match_pixels(torch::Tensor pred, torch::Tensor gt, to
     }
   }
 
+  x_pix.assign(nL, -1);
+  for (int32_t u = 0; u < nL; ++u)
+    if (x[u] >= 0) x_pix[u] = right_pix[x[u]];
+}
+
+// Vertex numbering of the predicted pixels (raster order): positions and the H * W index map.
+static void number_pixels(const uint8_t* P, int64_t n, std::vector<int32_t>& left_pix, std::vector<int32_t>& pred_index) {
+  nonzero_positions(P, n, left_pix);
+  pred_index.assign(n, 0);  // entries off the predicted pixels are never read
+  for (size_t u = 0; u < left_pix.size(); ++u) pred_index[left_pix[u]] = static_cast<int32_t>(u);
+}
+
+static void check_offsets(const torch::Tensor& offsets) {
+  TORCH_CHECK(offsets.dim() == 2 && offsets.size(1) == 2 && offsets.scalar_type() == torch::kInt64, "offsets (K, 2) int64");
+}
+
+std::vector<torch::Tensor> match_pixels(torch::Tensor pred, torch::Tensor gt, torch::Tensor offsets) {
+  TORCH_CHECK(pred.dim() == 2 && gt.sizes() == pred.sizes(), "match_pixels: pred and gt must be (H, W) of one size");
+  TORCH_CHECK(pred.scalar_type() == torch::kUInt8 && gt.scalar_type() == torch::kUInt8, "match_pixels: uint8 masks");
+  check_offsets(offsets);
+  pred = pred.contiguous();
+  gt = gt.contiguous();
+  offsets = offsets.contiguous();
+  const int64_t H = pred.size(0), W = pred.size(1);
   auto opts = torch::TensorOptions().dtype(torch::kUInt8);
   torch::Tensor pm = torch::zeros({H, W}, opts), gm = torch::zeros({H, W}, opts);
+  std::vector<int32_t> left_pix, pred_index, x_pix;
+  number_pixels(pred.data_ptr<uint8_t>(), H * W, left_pix, pred_index);
+  match_raw(pred.data_ptr<uint8_t>(), gt.data_ptr<uint8_t>(), H, W, offsets.data_ptr<int64_t>(), offsets.size(0),
+            left_pix, pred_index, x_pix);
   uint8_t* PM = pm.data_ptr<uint8_t>();
   uint8_t* GM = gm.data_ptr<uint8_t>();
-  for (int32_t u = 0; u < nL; ++u) {
-    if (x[u] >= 0) {
+  for (size_t u = 0; u < left_pix.size(); ++u) {
+    if (x_pix[u] >= 0) {
       PM[left_pix[u]] = 1;
-      GM[right_pix[x[u]]] = 1;
+      GM[x_pix[u]] = 1;
     }
   }
   return {pm, gm};
+}
+
+// One level of one image: pred (H, W) against each annotator of gts (A, H, W) ->
+// {cntR = sum over annotators of matched gt pixels, cntP = predicted pixels matched by any annotator,
+//  sumP = predicted pixels}, as image_counts computes them from match_pixels.
+std::vector<int64_t> level_counts(torch::Tensor pred, torch::Tensor gts, torch::Tensor offsets) {
+  TORCH_CHECK(pred.dim() == 2 && gts.dim() == 3 && gts.size(1) == pred.size(0) && gts.size(2) == pred.size(1),
+              "level_counts: pred (H, W) and gts (A, H, W)");
+  TORCH_CHECK(pred.scalar_type() == torch::kUInt8 && gts.scalar_type() == torch::kUInt8, "level_counts: uint8 masks");
+  check_offsets(offsets);
+  pred = pred.contiguous();
+  gts = gts.contiguous();
+  offsets = offsets.contiguous();
+  const int64_t A = gts.size(0), H = pred.size(0), W = pred.size(1);
+  const uint8_t* P = pred.data_ptr<uint8_t>();
+  std::vector<int32_t> left_pix, pred_index, x_pix;
+  number_pixels(P, H * W, left_pix, pred_index);
+  std::vector<uint8_t> uni(left_pix.size(), 0);  // predicted pixel matched by some annotator
+  int64_t cnt_r = 0, cnt_p = 0;
+  for (int64_t a = 0; a < A; ++a) {
+    match_raw(P, gts.data_ptr<uint8_t>() + a * H * W, H, W, offsets.data_ptr<int64_t>(), offsets.size(0),
+              left_pix, pred_index, x_pix);
+    for (size_t u = 0; u < left_pix.size(); ++u) {
+      if (x_pix[u] >= 0) {  // one matched pair: one gt pixel of this annotator, one predicted pixel
+        ++cnt_r;
+        uni[u] = 1;
+      }
+    }
+  }
+  for (uint8_t f : uni) cnt_p += f;
+  return {cnt_r, cnt_p, static_cast<int64_t>(left_pix.size())};
 }
 
 torch::Tensor thin(torch::Tensor masks, torch::Tensor lut_first, torch::Tensor lut_second) {
@@ -238,5 +329,6 @@ torch::Tensor thin(torch::Tensor masks, torch::Tensor lut_first, torch::Tensor l
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("match_pixels", &match_pixels, "exact maximum matching of boundary pixels within a disc (greedy + Hopcroft-Karp)");
+  m.def("level_counts", &level_counts, "cntR, cntP (union over annotators), sumP of one thinned level");
   m.def("thin", &thin, "parallel two-subiteration thinning with the given tables");
 }
