@@ -31,7 +31,10 @@
 //   8-neighbour code (x1 = E, then counter-clockwise; outside the image = 0) is computed from the
 //   state before it, and on-pixels whose code the subiteration's table marks are deleted together.
 //   Iterations (both subiterations) repeat until one deletes nothing. The tables are passed in from
-//   Python, so both versions use the same ones.
+//   Python, so both versions use the same ones. Only candidates are evaluated: a pixel's decision
+//   under a table depends on its 8-neighbour code alone, so a pixel that table s kept stays kept
+//   until a neighbour is deleted; each table keeps a candidate list (all on-pixels at first, then the
+//   on-neighbours of every deleted pixel), so the deletions are those of the full scan.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -296,30 +299,53 @@ torch::Tensor thin(torch::Tensor masks, torch::Tensor lut_first, torch::Tensor l
   const uint8_t* luts[2] = {lut_first.data_ptr<uint8_t>(), lut_second.data_ptr<uint8_t>()};
   // Offsets (di, dj) of the code bits: E NE N NW W SW S SE.
   const int di[8] = {0, -1, -1, -1, 0, 1, 1, 1}, dj[8] = {1, 1, 0, -1, -1, -1, 0, 1};
-  std::vector<int64_t> on, keep, doomed;
+  std::vector<int64_t> cand[2], doomed;
+  std::vector<uint8_t> dirty(H * W);  // bit s: the pixel's neighbourhood changed since table s last kept it
   for (int64_t n = 0; n < N; ++n) {  // each map thinned on its own (iterations until it stops changing)
     uint8_t* M = out.data_ptr<uint8_t>() + n * H * W;
-    on.clear();
-    for (int64_t k = 0; k < H * W; ++k)
-      if (M[k]) on.push_back(k);
+    for (int s = 0; s < 2; ++s) cand[s].clear();
+    for (int64_t k = 0; k < H * W; ++k) {
+      dirty[k] = M[k] ? 3 : 0;
+      if (M[k]) {
+        cand[0].push_back(k);
+        cand[1].push_back(k);
+      }
+    }
     while (true) {
       int64_t removed = 0;
       for (int sub = 0; sub < 2; ++sub) {
         const uint8_t* lut = luts[sub];
+        const uint8_t bit = static_cast<uint8_t>(1u << sub);
         doomed.clear();
-        keep.clear();
-        for (int64_t k : on) {  // codes from the state before this subiteration
+        for (int64_t k : cand[sub]) {  // codes from the state before this subiteration
+          dirty[k] &= static_cast<uint8_t>(~bit);
+          if (!M[k]) continue;
           const int64_t i = k / W, j = k % W;
           unsigned code = 0;
           for (int b = 0; b < 8; ++b) {
             const int64_t qi = i + di[b], qj = j + dj[b];
             if (qi >= 0 && qi < H && qj >= 0 && qj < W && M[qi * W + qj]) code |= 1u << b;
           }
-          if (lut[code]) doomed.push_back(k); else keep.push_back(k);
+          if (lut[code]) doomed.push_back(k);
         }
+        cand[sub].clear();
         for (int64_t k : doomed) M[k] = 0;
+        for (int64_t k : doomed) {  // their on-neighbours' codes changed: candidates for both tables again
+          const int64_t i = k / W, j = k % W;
+          for (int b = 0; b < 8; ++b) {
+            const int64_t qi = i + di[b], qj = j + dj[b];
+            if (qi < 0 || qi >= H || qj < 0 || qj >= W) continue;
+            const int64_t q = qi * W + qj;
+            if (!M[q]) continue;
+            for (int s = 0; s < 2; ++s) {
+              if (!(dirty[q] & (1u << s))) {
+                dirty[q] |= static_cast<uint8_t>(1u << s);
+                cand[s].push_back(q);
+              }
+            }
+          }
+        }
         removed += static_cast<int64_t>(doomed.size());
-        on.swap(keep);
       }
       if (removed == 0) break;
     }
@@ -328,7 +354,7 @@ torch::Tensor thin(torch::Tensor masks, torch::Tensor lut_first, torch::Tensor l
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("match_pixels", &match_pixels, "exact maximum matching of boundary pixels within a disc (greedy + Hopcroft-Karp)");
+  m.def("match_pixels", &match_pixels, "maximum matching of boundary pixels within a disc: scipy's Hopcroft-Karp, its matching");
   m.def("level_counts", &level_counts, "cntR, cntP (union over annotators), sumP of one thinned level");
   m.def("thin", &thin, "parallel two-subiteration thinning with the given tables");
 }
