@@ -21,7 +21,11 @@
 //   each vertex and edge is scanned once per phase. The parent chain used for the augmentation is the
 //   frame stack, which is the path scipy's parents[] records (a vertex is re-pushed only by vertices
 //   outside its own subtree, which in a layered graph cannot happen while that subtree is searched).
-//   The tests check pred_matched and gt_matched equal to scipy's, pixel for pixel.
+//   Second addition: the connected components of the pair graph are solved one after another, each
+//   alone (a phase of the whole-graph run changes only the components whose shortest augmenting path
+//   has the phase's length, exactly as their own phase would; see match_raw), so a component stops
+//   costing BFS passes once it is done. The tests check pred_matched and gt_matched equal to scipy's,
+//   pixel for pixel.
 //
 // level_counts(pred, gts, offsets) -> [cntR, cntP, sumP]: one level against A annotators in one call
 //   (the union of the annotators' matched predicted pixels and the sums, as image_counts does in numpy).
@@ -127,92 +131,127 @@ static void match_raw(const uint8_t* P, const uint8_t* G, int64_t H, int64_t W, 
   };
   std::vector<Frame> frames;
   std::vector<int32_t> kids;
-  while (true) {
-    int32_t head = 0, tail = 0;  // BFS layers from the free left vertices, expanded while below dist[AUX]
-    for (int32_t v = 0; v < nL; ++v) {
-      if (x[v] < 0) {
-        dist[v] = 0;
-        queue[tail++] = v;
-      } else {
-        dist[v] = INF;
-      }
-    }
-    dist[AUX] = INF;
-    while (head < tail) {
-      const int32_t v = queue[head++];
-      if (dist[v] < dist[AUX]) {
-        for (int64_t e = start[v]; e < start[v + 1]; ++e) {
-          const int32_t yu = y[adj[e]];
-          if (dist[yu] == INF) {
-            dist[yu] = dist[v] + 1;
-            queue[tail++] = yu;
-          }
-        }
-      }
-    }
-    if (dist[AUX] == INF) break;  // no augmenting path: maximum
 
-    std::fill(dead.begin(), dead.end(), 0);
-    for (int32_t w = 0; w < nL; ++w) {
-      if (x[w] >= 0) continue;
-      // scipy pops v, scans its edges in order (augmenting at the first admissible free column, else
-      // pushing every admissible matched child), then pops the children last-pushed first: a
-      // depth-first search whose frames we keep explicitly. A vertex whose search failed is `dead`
-      // for the rest of the phase (scipy would search it again and fail again; see the Python docs).
-      frames.clear();
-      kids.clear();
-      int32_t v = w;
-      bool augmented = false;
-      while (true) {
-        // Open a frame for v: scan its edges.
-        const size_t kb = kids.size();
-        int32_t free_col = -1;
-        for (int64_t e = start[v]; e < start[v + 1]; ++e) {
-          const int32_t u = adj[e], yu = y[u];
-          if (dist[yu] == dist[v] + 1) {
-            if (yu == AUX) {
-              free_col = u;
-              break;
-            }
-            kids.push_back(yu);
-          }
+  // Connected components of the pair graph (union-find over the left vertices that share a right
+  // vertex; pair_r is grouped by right vertex), each component's left vertices in increasing order.
+  std::vector<int32_t> parent(nL);
+  for (int32_t u = 0; u < nL; ++u) parent[u] = u;
+  auto find = [&parent](int32_t u) {
+    while (parent[u] != u) u = parent[u] = parent[parent[u]];
+    return u;
+  };
+  for (size_t e = 1; e < pair_l.size(); ++e) {
+    if (pair_r[e] != pair_r[e - 1]) continue;
+    const int32_t a = find(pair_l[e]), b = find(pair_l[e - 1]);
+    if (a != b) parent[std::max(a, b)] = std::min(a, b);
+  }
+  std::vector<int32_t> comp_start(nL + 1, 0), comp_list(nL);
+  for (int32_t u = 0; u < nL; ++u) ++comp_start[find(u) + 1];
+  for (int32_t u = 0; u < nL; ++u) comp_start[u + 1] += comp_start[u];
+  {
+    std::vector<int32_t> fill(comp_start.begin(), comp_start.end() - 1);
+    for (int32_t u = 0; u < nL; ++u) comp_list[fill[find(u)]++] = u;
+  }
+
+  // Each component is solved alone. Identical to scipy's run over the whole graph: a phase changes a
+  // component only when its own shortest augmenting path has the global length dist[AUX] (a shorter
+  // one elsewhere leaves it untouched: no admissible path reaches a free column at that depth), and
+  // then its BFS distances (shortest alternating distances, independent of the queue order) and its
+  // searches (roots in increasing index order) are the ones it has alone.
+  for (int32_t c = 0; c < nL; ++c) {
+    const int32_t* cv = comp_list.data() + comp_start[c];
+    const int32_t cn = comp_start[c + 1] - comp_start[c];
+    if (cn == 0 || (cn == 1 && start[cv[0]] == start[cv[0] + 1])) continue;  // not a root / no edges
+    while (true) {
+      int32_t head = 0, tail = 0;  // BFS layers from the free left vertices, expanded while below dist[AUX]
+      for (int32_t ci = 0; ci < cn; ++ci) {
+        const int32_t v = cv[ci];
+        if (x[v] < 0) {
+          dist[v] = 0;
+          queue[tail++] = v;
+        } else {
+          dist[v] = INF;
         }
-        if (free_col >= 0) {  // unwind: v takes free_col, each frame below takes its child's old column
-          kids.resize(kb);
-          int32_t u = free_col;
-          frames.push_back({v, kb, kb});
-          for (size_t f = frames.size(); f-- > 0;) {
-            const int32_t pv = frames[f].v;
-            dist[pv] = INF;
-            const int32_t u_old = x[pv];
-            y[u] = pv;
-            x[pv] = u;
-            u = u_old;
-          }
-          augmented = true;
-          break;
-        }
-        frames.push_back({v, kb, kids.size()});
-        // Next vertex to open: the last unexplored live child of the deepest frame; close exhausted frames.
-        int32_t next = -1;
-        while (!frames.empty()) {
-          Frame& f = frames.back();
-          while (f.next > f.kids_begin) {
-            const int32_t c = kids[--f.next];
-            if (!dead[c]) {
-              next = c;
-              break;
-            }
-          }
-          if (next >= 0) break;
-          dead[f.v] = 1;
-          kids.resize(f.kids_begin);
-          frames.pop_back();
-        }
-        if (next < 0) break;  // the root failed
-        v = next;
       }
-      (void)augmented;
+      dist[AUX] = INF;
+      while (head < tail) {
+        const int32_t v = queue[head++];
+        if (dist[v] < dist[AUX]) {
+          for (int64_t e = start[v]; e < start[v + 1]; ++e) {
+            const int32_t yu = y[adj[e]];
+            if (dist[yu] == INF) {
+              dist[yu] = dist[v] + 1;
+              queue[tail++] = yu;
+            }
+          }
+        }
+      }
+      if (dist[AUX] == INF) break;  // no augmenting path: maximum
+
+      for (int32_t ci = 0; ci < cn; ++ci) dead[cv[ci]] = 0;
+      dead[AUX] = 0;
+      for (int32_t ci = 0; ci < cn; ++ci) {
+        const int32_t w = cv[ci];
+        if (x[w] >= 0) continue;
+        // scipy pops v, scans its edges in order (augmenting at the first admissible free column, else
+        // pushing every admissible matched child), then pops the children last-pushed first: a
+        // depth-first search whose frames we keep explicitly. A vertex whose search failed is `dead`
+        // for the rest of the phase (scipy would search it again and fail again; see the Python docs).
+        frames.clear();
+        kids.clear();
+        int32_t v = w;
+        bool augmented = false;
+        while (true) {
+          // Open a frame for v: scan its edges.
+          const size_t kb = kids.size();
+          int32_t free_col = -1;
+          for (int64_t e = start[v]; e < start[v + 1]; ++e) {
+            const int32_t u = adj[e], yu = y[u];
+            if (dist[yu] == dist[v] + 1) {
+              if (yu == AUX) {
+                free_col = u;
+                break;
+              }
+              kids.push_back(yu);
+            }
+          }
+          if (free_col >= 0) {  // unwind: v takes free_col, each frame below takes its child's old column
+            kids.resize(kb);
+            int32_t u = free_col;
+            frames.push_back({v, kb, kb});
+            for (size_t f = frames.size(); f-- > 0;) {
+              const int32_t pv = frames[f].v;
+              dist[pv] = INF;
+              const int32_t u_old = x[pv];
+              y[u] = pv;
+              x[pv] = u;
+              u = u_old;
+            }
+            augmented = true;
+            break;
+          }
+          frames.push_back({v, kb, kids.size()});
+          // Next vertex to open: the last unexplored live child of the deepest frame; close exhausted frames.
+          int32_t next = -1;
+          while (!frames.empty()) {
+            Frame& f = frames.back();
+            while (f.next > f.kids_begin) {
+              const int32_t c = kids[--f.next];
+              if (!dead[c]) {
+                next = c;
+                break;
+              }
+            }
+            if (next >= 0) break;
+            dead[f.v] = 1;
+            kids.resize(f.kids_begin);
+            frames.pop_back();
+          }
+          if (next < 0) break;  // the root failed
+          v = next;
+        }
+        (void)augmented;
+      }
     }
   }
 
