@@ -25,16 +25,24 @@ Matching (:func:`match_boundaries`)
     benchmark's own solver approximates the optimum on a sparsified graph, so its counts can differ
     from an exact optimum by a few pixels.
 
-    Two exact solvers (``method``): ``"scipy"`` is the slow readable twin
-    (:func:`match_boundaries_scipy`: the pair graph built with numpy, one
-    ``scipy.sparse.csgraph.maximum_bipartite_matching`` call; on dense graphs its search degrades badly:
-    one call on a 321 x 481 pair of random half-full masks ran > 5 minutes); ``"compiled"`` is
-    ``csrc/boundary_match.cpp`` (built on first use with ``torch.utils.cpp_extension``, cached by torch):
-    the same pair set built in C++, a greedy start, then Hopcroft-Karp phases (BFS layers, iterative DFS
-    with edge cursors) until no augmenting path exists, O(E sqrt V). Both return a maximum matching,
-    so the matched counts are equal (the tests check it on random and adversarial graphs); the pixels
-    that pair up may differ, and the scores use counts only. ``"auto"`` (the default) is ``"compiled"``
-    when it builds, else ``"scipy"`` with a warning once.
+    Two solvers (``method``) that return the SAME matching, pixel for pixel: ``"scipy"`` is the slow
+    readable twin (:func:`match_boundaries_scipy`: the pair graph built with numpy, one
+    ``scipy.sparse.csgraph.maximum_bipartite_matching`` call); ``"compiled"`` is
+    ``csrc/boundary_match.cpp`` (built on first use with ``torch.utils.cpp_extension``, cached by torch).
+    The same matching, not only the same size, is needed because precision pools the annotators'
+    matched predicted pixels (``cntP`` below): two maximum matchings of equal size can pool to
+    different unions (an independent Hopcroft-Karp changed cntP by one pixel on 2 of 99 levels of a
+    stand-in image). So the compiled matcher is scipy's own algorithm (its ``_hopcroft_karp``: empty
+    start, BFS layers, a stack search from each free row in index order, children popped last-pushed
+    first) on the same graph in the same vertex and edge order, with two changes that provably keep
+    its result and remove its slow cases: a vertex whose search failed is not searched again in that
+    phase (scipy re-searches it once per path reaching it: exponential in the depth on dense layered
+    graphs; one scipy call on a 321 x 481 pair of random half-full masks ran > 5 minutes), and the
+    graph's connected components are solved one after another (the proofs are in the C++ source). The
+    tests compare both matchings pixel for pixel on random and adversarial graphs, the counts against
+    an independent min-cost assignment, and the scores of both paths. ``"auto"`` (the default) is
+    ``"compiled"`` when it builds, else ``"scipy"`` with a warning once. Each level's matchings against
+    all annotators are one C++ call (:func:`image_counts`).
 
 Counts per image and level
     Each annotator is matched separately against the same thinned prediction.
@@ -60,7 +68,8 @@ Thinning and suppression
     it keeps 8-connectivity and line ends, and pixel-identity with MATLAB is not claimed. The compiled
     module holds a twin (same tables, same parallel update, each map iterated until it stops changing:
     a map that one whole iteration leaves unchanged stays unchanged, so this equals the batched numpy
-    loop's stop on the total) that visits only the on-pixels; ``method`` as for matching.
+    loop's stop on the total) that re-evaluates only the on-neighbours of deleted pixels (a kept
+    pixel's decision depends on its 8-neighbour code alone); ``method`` as for matching.
     :func:`suppress_non_maxima` is an optional step for thick soft maps (off by default; the
     benchmark does not apply it): keep a pixel when it is >= both bilinear samples one pixel away
     across the ridge, the across direction being the Hessian eigenvector of largest-magnitude eigenvalue
@@ -363,7 +372,7 @@ def match_boundaries(pred, gt, max_dist: float = MAX_DIST, method: str = "auto")
     """One-to-one correspondence of boundary pixels within ``max_dist`` x the diagonal (see module doc).
 
     pred, gt: (H, W) bool. Returns the matched pixels of each side of a maximum matching; ``.count``
-    pairs. ``method``: "compiled" (greedy + Hopcroft-Karp in C++), "scipy" (the readable twin), "auto".
+    pairs. ``method``: "compiled" (scipy's algorithm in C++, the same matching), "scipy" (the readable twin), "auto".
     """
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape or pred.ndim != 2:
