@@ -347,3 +347,24 @@ def test_fast_path_scores_identical_to_twin_and_workers():
         evaluate_boundaries(maps, gts, workers=0)
     with pytest.raises(InputError, match="match_boundaries: method"):
         match_boundaries(maps[0] > 0.5, gts[0][0], method="hungarian")
+
+
+def test_bench_boundaries_stand_in_and_check(tmp_path):
+    from renderssl.bench.boundaries import bench_boundaries, format_boundaries_bench, stand_in_image
+    from renderssl.cli import parse_args
+
+    _compiled_or_skip()
+    e1, g1 = stand_in_image(3, 1)
+    e2, g2 = stand_in_image(3, 1)  # seeded: a pure function of (seed, image)
+    assert e1.shape == (321, 481) and len(g1) == 5 and np.array_equal(e1, e2) and all(np.array_equal(a, b) for a, b in zip(g1, g2))
+    assert 0 <= e1.min() and e1.max() <= 1 and not np.array_equal(g1[0], g1[1])  # annotators differ
+    r = bench_boundaries(folder=tmp_path / "bsds", images=2, check=1, thresholds=5, workers=1)
+    assert r["images"] == 2 and r["check"]["identical"] and r["check"]["twin"] == r["check"]["fast"]
+    text = format_boundaries_bench(r)
+    assert "identical counts and scores: yes" in text and "EXTRAPOLATED from 1 images to 2" in text
+    again = bench_boundaries(folder=tmp_path / "bsds", images=2, check=0, thresholds=5, workers=1)  # folder reused
+    assert again["full"]["scores"] == r["full"]["scores"] and "check" not in again
+    args = parse_args(["bench", "boundaries", "--gt", str(tmp_path), "--check", "3"])
+    assert args.check == 3 and args.pred is None
+    with pytest.raises(InputError, match="both --gt and --pred"):
+        bench_boundaries(gt_dir=tmp_path, pred_dir=None)
