@@ -216,7 +216,8 @@ def test_bench_commands_print_the_machine_first_and_check_the_budget(monkeypatch
 
     monkeypatch.setattr(render_bench, "bench_render", fake_bench_render)
     assert main(["bench", "render", "--quick", "--dense-max-gib", "0.5", "--threads", str(torch.get_num_threads())]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    threads, *lines = capsys.readouterr().out.splitlines()
+    assert threads.startswith(f"threads: {torch.get_num_threads()} torch thread") and "from --threads" in threads
     assert lines[0] == "renderssl bench render on cpu"
     assert lines[1].startswith("machine: torch") and f"{torch.get_num_threads()} torch thread" in lines[1]
     assert lines[2].startswith("machine: load average")

@@ -12,7 +12,7 @@ from renderssl.methods.base import StepContext
 import yaml
 from safetensors.torch import load_file
 
-from renderssl.data.masking import disjoint_rgbd_masks
+from renderssl.data.masking import disjoint_rgbd_masks, mask_to_pixels
 from renderssl.errors import InputError
 from renderssl.export import export_encoder, load_encoder
 from renderssl.methods.mae import MAE, MAEConfig
@@ -267,3 +267,23 @@ def test_pretraining_data_gives_resized_rgbd_frames():
     assert small["rgb"].shape == (3, 16, 16) and small["depth"].shape == (1, 16, 16) and small["semantic"].shape == (16, 16)
     assert bool(torch.isin(small["depth"], vs.depth[0]).all()) and bool((small["depth"][0, :4] == 0).all())
     torch.testing.assert_close(small["K"], vs.cameras().resized(16, 16).K[0])
+
+
+def test_previews_are_built_only_when_asked_and_show_the_masked_inputs(monkeypatch):
+    torch.manual_seed(0)
+    method = tiny_mask3d(reconstruct_rgb=True)
+    rgb, depth = rgbd_batch()
+    batch = {"rgb": rgb, "depth": depth}
+    built = []
+    real = method.make_renders
+    monkeypatch.setattr(method, "make_renders", lambda *a: built.append(1) or real(*a))
+    output = method(batch, StepContext(torch.Generator().manual_seed(0)))
+    assert not built and not output.renders  # a training step builds no preview
+    with torch.no_grad():
+        panels = dict(method.preview_panels(batch, output))
+    assert built == [1]
+    assert list(panels) == ["input", "masked rgb", "masked depth", "predicted depth", "target depth", "predicted rgb"]
+    assert torch.equal(panels["input"], rgb[0])
+    keep = 1 - mask_to_pixels(output.extras["masks"].rgb_mask, 8, method.encoder.grid_for(rgb))[0]  # (1, H, W)
+    assert torch.equal(panels["masked rgb"], rgb[0] * keep)
+    assert all(p.shape == (3, 32, 32) and 0 <= p.min() and p.max() <= 1 for p in panels.values())

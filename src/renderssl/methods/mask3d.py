@@ -339,9 +339,8 @@ class Mask3D(Method):
             rgb_loss = self.forward_rgb_loss(out["rgb_pred"], rgb, masks.rgb_mask)
             loss = loss + self.config.rgb_loss_weight * rgb_loss
             terms["rgb_l2"] = rgb_loss.detach()
-        with torch.no_grad():
-            renders = self.make_renders(rgb, depth, out, grid)
-        return MethodOutput(loss, terms, renders, extras={"masks": masks})
+        prediction = {k: out[k] for k in ("depth_pred", "depth_in", "valid", "rgb_pred")}  # previews build from these
+        return MethodOutput(loss, terms, extras={"masks": masks, "prediction": prediction})
 
     # ---- previews --------------------------------------------------------------------------------
     def predicted_depth(self, pred: Tensor, depth_in: Tensor, valid: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -377,5 +376,9 @@ class Mask3D(Method):
         return renders
 
     def preview_panels(self, batch: dict, output: MethodOutput) -> list[tuple[str, Tensor]]:
-        """Colour input, masked colour, masked depth, predicted depth, target depth (+ predicted colour)."""
-        return [(name, image[0].detach().float().cpu()) for name, image in output.renders.items()]
+        """Colour input, masked colour, masked depth, predicted depth, target depth (+ predicted colour), built
+        here from the step's outputs rather than in every training step."""
+        rgb, depth, grid = self.unpack(batch)
+        out = {**output.extras["prediction"], "masks": output.extras["masks"]}
+        renders = self.make_renders(rgb, depth, out, grid)
+        return [(name, image[0].detach().float().cpu()) for name, image in renders.items()]

