@@ -174,9 +174,10 @@ def test_vector_exp_matches_torch_exp(dtype):
 
 
 def test_build_flags_per_capability():
-    assert build_flags("avx512") == ("avx512", ["-O3", "-fopenmp", "-fno-math-errno", "-march=x86-64-v4", "-mprefer-vector-width=512"])
+    assert build_flags("avx512") == ("avx512", ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+                                                "-march=x86-64-v4", "-mprefer-vector-width=512"])
     assert build_flags("avx2")[1][-1] == "-march=x86-64-v3"
-    assert build_flags("default") == build_flags("sve256") == ("default", ["-O3", "-fopenmp", "-fno-math-errno"])
+    assert build_flags("default") == build_flags("sve256") == ("default", ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"])
     assert not any("fast-math" in f or "native" in f for f in build_flags()[1])
 
 

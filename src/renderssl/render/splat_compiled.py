@@ -17,7 +17,14 @@ compiler's default target otherwise. Not ``-march=native``: torch caches builds 
 that may be shared by machines with different CPUs (a home directory on a cluster), and a native build
 loaded on an older CPU dies of an illegal instruction; keying the name on the capability keeps one
 build per instruction set. No ``-ffast-math`` (it would let the compiler drop NaN and threshold
-semantics); ``-fno-math-errno`` only (no errno writes, nothing else changes).
+semantics); ``-fno-math-errno`` (no errno writes) and ``-fno-trapping-math`` (the compiler may evaluate
+a comparison or an operation on a lane whose result a select then drops, as if FP exceptions could
+never trap; torch never unmasks them, so every value, NaN and threshold decision is unchanged). Without
+the latter, GCC 12 vectorised the lane loops only with AVX-512's masked instructions: the AVX2 build
+kept the clamps in the exp as branches (5.6 ns/pair forward). Measured on an AVX-512 machine (surface
+scene, 16k Gaussians, 320x240, one thread, all builds in one run), ns per visited pair forward /
+backward: AVX-512 0.81 / 1.32 (the same with 256-bit vectors), AVX2 1.46 / 1.81, the compiler's default
+x86-64 target (SSE2, lane loops not vectorised) 6.4 / 8.2, against 8-10 for the per-pixel loop it replaced.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def build_flags(capability: str | None = None) -> tuple[str, list[str]]:
     """(extension name suffix, extra compiler flags) for a CPU capability (default: this machine's)."""
     cap = cpu_capability() if capability is None else capability
     isa = ISA_FLAGS.get(cap, [])
-    return (cap if isa else "default"), ["-O3", "-fopenmp", "-fno-math-errno", *isa]
+    return (cap if isa else "default"), ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *isa]
 
 
 @functools.lru_cache(maxsize=1)
