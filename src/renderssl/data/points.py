@@ -81,6 +81,8 @@ from torch import Tensor
 
 from ..errors import InputError, check_finite
 from ..geometry import Cameras, SimilarityTransform, axis_angle_to_rotmat
+from .point_ops_compiled import fps_compiled
+from .point_ops_compiled import usable as compiled_points_usable
 from .types import PointCloud, ViewSet
 
 GRID_MODES = ("random", "first", "center")
@@ -423,7 +425,10 @@ def farthest_point_sampling(points: Tensor, num_samples, offset: Tensor | None =
                             generator: torch.Generator | None = None) -> Tensor:
     """(sum S_b,) int64 indices of S_b farthest points per cloud (``num_samples``: one count or (B,), each in
     [0, n_b]), cloud by cloud, each in pick order; the b-th cloud's samples end at ``cumsum(S)[b]``.
-    Starts at each cloud's first point, or at a random one with ``generator``."""
+    Starts at each cloud's first point, or at a random one with ``generator``; each next pick is the point
+    of largest min squared distance to the picks so far, ties -> the lowest index, never a picked point
+    again (even a coincident one). On float CPU tensors a C++ twin makes the same picks
+    (:mod:`renderssl.data.point_ops_compiled`); the torch loop below is the readable twin."""
     check_points("points", points)
     batch, counts = cloud_index(offset, len(points), points.device)
     S = torch.as_tensor(num_samples, device=points.device).reshape(-1)
@@ -433,13 +438,15 @@ def farthest_point_sampling(points: Tensor, num_samples, offset: Tensor | None =
     if bool(((S < 0) | (S > counts)).any()):
         raise InputError(f"num_samples: need 0 <= samples <= cloud size, got {S.tolist()} for {counts.tolist()} points")
     B, rows = len(counts), torch.arange(len(counts), device=points.device)
-    px, py, pz = pad_clouds(points, batch, counts, 0.0).permute(2, 0, 1).contiguous()  # (B, M) each: fast planes
-    valid = torch.arange(px.shape[1], device=points.device) < counts[:, None]  # (B, M)
-    dist = torch.full_like(px, math.inf).masked_fill_(~valid, -math.inf)  # -inf: padding or picked, never chosen
     if generator is None:
         current = torch.zeros(B, dtype=torch.int64, device=points.device)  # (B,)
     else:
         current = (torch.rand(B, generator=generator, dtype=torch.float64) * counts.cpu()).long().to(points.device)
+    if B > 0 and compiled_points_usable(points):  # the C++ twin: the same picks (data/point_ops_compiled.py)
+        return fps_compiled(points, counts, S, current)  # (sum S_b,)
+    px, py, pz = pad_clouds(points, batch, counts, 0.0).permute(2, 0, 1).contiguous()  # (B, M) each: fast planes
+    valid = torch.arange(px.shape[1], device=points.device) < counts[:, None]  # (B, M)
+    dist = torch.full_like(px, math.inf).masked_fill_(~valid, -math.inf)  # -inf: padding or picked, never chosen
     picks = torch.zeros(B, int(S.max()), dtype=torch.int64, device=points.device)  # (B, S_max)
     d, tmp = torch.empty_like(dist), torch.empty_like(dist)  # reused: no allocation in the loop
     for k in range(picks.shape[1]):

@@ -79,6 +79,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...data.point_ops_compiled import ball_query_compiled, three_nn_compiled
+from ...data.point_ops_compiled import usable as compiled_points_usable
 from ...data.points import check_points, cloud_index, farthest_point_sampling, offset_to_counts, pad_clouds
 from ...errors import InputError, check_finite
 from .presets import apply_preset
@@ -159,7 +161,8 @@ def ball_query(radius: float, nsample: int, points: Tensor, offset: Tensor, cent
     distance strictly below ``radius**2``; rows with fewer hits repeat the first hit; a centre with no
     hit at all gets its cloud's first point. Centres are processed in chunks so that a (chunk, Nmax)
     distance block has at most ``chunk_entries`` entries (Nmax = largest cloud; default 2^18 on CPU,
-    2^24 elsewhere; padding never matches).
+    2^24 elsewhere; padding never matches). On float CPU tensors a C++ twin returns the same rows
+    (:mod:`renderssl.data.point_ops_compiled`); the torch code below is the readable twin.
     """
     fn = "ball_query"
     check_points(f"{fn}: points", points)
@@ -168,6 +171,8 @@ def ball_query(radius: float, nsample: int, points: Tensor, offset: Tensor, cent
         raise InputError(f"{fn}: radius must be > 0, got {radius}")
     if nsample < 1:
         raise InputError(f"{fn}: nsample must be >= 1, got {nsample}")
+    if compiled_points_usable(points, centres):  # the C++ twin: the same rows (data/point_ops_compiled.py)
+        return ball_query_compiled(radius, nsample, points, clouds[1], centres, centre_clouds[0])  # (M, nsample)
     r2 = float(radius) ** 2
     out = torch.zeros((centres.shape[0], nsample), dtype=torch.long, device=points.device)
     for lo, hi, start, d2 in _distance_blocks(centres, centre_clouds, points, clouds, chunk_entries):
@@ -188,14 +193,26 @@ def ball_query(radius: float, nsample: int, points: Tensor, offset: Tensor, cent
 def _three_nn(unknown: Tensor, unknown_clouds: tuple[Tensor, Tensor], known: Tensor,
               known_clouds: tuple[Tensor, Tensor], chunk_entries: int | None) -> tuple[Tensor, Tensor]:
     """(N, 3) flat indices into ``known`` of the 3 nearest known points of the same cloud, and a (N, 3)
-    bool mask of which of them exist (a cloud may have fewer than 3 known points)."""
+    bool mask of which of them exist (a cloud may have fewer than 3 known points; missing ones point at the
+    cloud's first point). Ties (our choice): the 3 smallest by ``(d^2, index)``, in that order; topk leaves
+    the order among equal values unspecified, so rows whose 3rd value is shared beyond the 3 picked are
+    re-picked by a stable sort, and every row's 3 are put in ``(d^2, index)`` order. On float CPU tensors
+    a C++ twin returns the same indices (:mod:`renderssl.data.point_ops_compiled`)."""
     (ubatch, _), (_, k_b) = unknown_clouds, known_clouds
+    if compiled_points_usable(known, unknown):
+        return three_nn_compiled(unknown, ubatch, known, k_b)  # (N, 3), (N, 3)
     idx = torch.zeros((unknown.shape[0], 3), dtype=torch.long, device=known.device)
     exists = torch.zeros((unknown.shape[0], 3), dtype=torch.bool, device=known.device)
     for lo, hi, start, d2 in _distance_blocks(unknown, unknown_clouds, known, known_clouds, chunk_entries):
         kk = min(3, d2.shape[1])
-        _, j = d2.topk(kk, dim=1, largest=False, sorted=True)
+        vals, j = d2.topk(kk, dim=1, largest=False, sorted=True)  # (rows, kk)
+        tied = (d2 <= vals[:, -1:]).sum(1) > kk  # (rows,) the kk-th value is shared by an unpicked column
+        if bool(tied.any()):
+            j[tied] = d2[tied].sort(dim=1, stable=True).indices[:, :kk]  # lowest columns among equal values
+        j = j.sort(dim=1).values  # (rows, kk) by column, then stably by value: (d2, column) order
+        j = j.gather(1, d2.gather(1, j).sort(dim=1, stable=True).indices)
         real = j < k_b[ubatch[lo:hi], None]  # padding (d2 = inf) sits at columns >= the cloud's size
+        idx[lo:hi] = start  # missing ones (kk < 3 or padding): the cloud's first point, whatever the chunking
         idx[lo:hi, :kk] = torch.where(real, j, 0) + start
         exists[lo:hi, :kk] = real
     return idx, exists
