@@ -29,10 +29,9 @@ Choices (the papers leave them open; we follow ``F.grid_sample`` so the two are 
   ``create_graph``, so the lookup stays differentiable to any order w.r.t. points (through the weights,
   ordinary torch ops) and volume. ``trilinear_lookup_twin`` keeps the former readable implementation;
   tests/test_grid_fast.py checks values, first and second derivatives against it to float64 round-off.
-- Finiteness: the points are checked on every call; the volume once per tensor and version (a mark on
-  the tensor object; an in-place write bumps the version and re-arms the check; a new view is checked
-  again; inference tensors, which have no version counter, every time). Our choice over an API flag:
-  every caller (the field reads one volume 2+ times per step) gets it without a signature change.
+- Finiteness: points and volume are checked on every call unless the caller passes ``check_volume=False``
+  for a volume it has checked itself (the SDF field checks its volume once when it is bound, then reads
+  it 2+ times per step).
 """
 
 from __future__ import annotations
@@ -267,23 +266,6 @@ class _Splat(torch.autograd.Function):
         return gw, gg, None
 
 
-def _check_volume_once(volume: Tensor) -> None:
-    """check_finite on ``volume`` unless this very tensor passed it at its current version (in-place writes
-    bump the version and re-arm the check); the mark is an attribute of the tensor object."""
-    try:
-        version = volume._version
-    except RuntimeError:  # inference tensors have no version counter: check every time
-        version = None
-    if version is not None and getattr(volume, "_renderssl_finite_at", None) == version:
-        return
-    check_finite("trilinear_lookup: volume", volume)
-    if version is not None:
-        try:
-            volume._renderssl_finite_at = version
-        except (AttributeError, RuntimeError):  # a tensor-like that takes no attributes: checked every time
-            pass
-
-
 def _lookup_setup(volume: Tensor, points: Tensor, padding_mode: str) -> tuple[Tensor, Tensor]:
     """Continuous index -> flat corner indices (B, N, 8) into D*H*W and weights (B, N, 8)."""
     D, H, W = volume.shape[2:]
@@ -292,16 +274,16 @@ def _lookup_setup(volume: Tensor, points: Tensor, padding_mode: str) -> tuple[Te
     return corner_indices_and_weights(idx, (D, H, W), padding_mode)  # (B, N, 8), (B, N, 8)
 
 
-def trilinear_lookup(volume: Tensor, points: Tensor, padding_mode: str = "border") -> Tensor:
+def trilinear_lookup(volume: Tensor, points: Tensor, padding_mode: str = "border", check_volume: bool = True) -> Tensor:
     """Trilinear interpolation of ``volume`` (B, C, D, H, W) at ``points`` (B, N, 3) -> (B, N, C).
 
     ``points`` are normalised coordinates (x -> W, y -> H, z -> D) with align_corners=True: equal in
     value and gradient to ``F.grid_sample(volume, points[:, :, None, None], mode="bilinear",
     align_corners=True, padding_mode=...)``, but differentiable to any order w.r.t. points and volume.
-    The result is contiguous (B, N, C).
+    The result is contiguous (B, N, C). ``check_volume=False`` skips the volume's finiteness scan (the
+    caller has checked it).
     """
-    _check_lookup_inputs(volume, points, padding_mode, check_volume=False)
-    _check_volume_once(volume)
+    _check_lookup_inputs(volume, points, padding_mode, check_volume)
     B, C = volume.shape[:2]
     N, M = points.shape[1], volume[0, 0].numel()
     flat_index, weights = _lookup_setup(volume, points, padding_mode)  # (B, N, 8), (B, N, 8)

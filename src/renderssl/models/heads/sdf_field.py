@@ -58,7 +58,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...errors import InputError, check_finite
 from ...render.grid import PADDING_MODES, trilinear_lookup
 from ...render.volume import AutogradSDFField, NeuSField
 from ..volume.densify import UNIT_BOX, box_tensors, centre_bounds
@@ -185,15 +185,15 @@ class VolumeSDFField(nn.Module):
             shape = tuple(volume.shape) if isinstance(volume, Tensor) else type(volume).__name__
             raise InputError(f"VolumeSDFField: volume must be (B, {self.config.volume_channels}, Z, Y, X), got {shape}")
 
-    def lookup(self, volume: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    def lookup(self, volume: Tensor, points: Tensor, check_volume: bool = True) -> tuple[Tensor, Tensor]:
         """Unit-cube points (B, N, 3) -> grid coordinates (B, N, 3) and volume features (B, N, C)."""
         grid_shape = (volume.shape[4], volume.shape[3], volume.shape[2])  # (X, Y, Z)
         grid = unit_cube_to_grid(points, grid_shape, self.config.box)  # (B, N, 3), ±1 at the corner cells' centres
-        return grid, trilinear_lookup(volume, grid, self.config.padding_mode)  # (B, N, C)
+        return grid, trilinear_lookup(volume, grid, self.config.padding_mode, check_volume)  # (B, N, C)
 
-    def sdf_and_features(self, volume: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    def sdf_and_features(self, volume: Tensor, points: Tensor, check_volume: bool = True) -> tuple[Tensor, Tensor]:
         """Unit-cube points (B, N, 3) -> sdf (B, N) and [grid coords 3 | appearance C/2 | geometry feature G]."""
-        grid, feats = self.lookup(volume, points)  # (B, N, 3), (B, N, C)
+        grid, feats = self.lookup(volume, points, check_volume)  # (B, N, 3), (B, N, C)
         geometry, appearance = feats.chunk(2, dim=-1)  # (B, N, C/2) each
         h = self.sdf_decoder(grid, geometry)  # (B, N, 1 + G)
         return h[..., 0], torch.cat([grid, appearance, h[..., 1:]], dim=-1)  # (B, N), (B, N, 3 + C/2 + G)
@@ -209,8 +209,10 @@ class VolumeSDFField(nn.Module):
         return torch.cat([rgb, self.semantic_decoder(grid, base)], dim=-1)  # (..., 3 + D)
 
     def bind(self, volume: Tensor) -> "BoundSDFField":
-        """The field on one batch of volumes, as the NeuS renderer's field (see :class:`BoundSDFField`)."""
+        """The field on one batch of volumes, as the NeuS renderer's field (see :class:`BoundSDFField`); the
+        volume's values are checked here, once, not at each of its lookups."""
         self.check_volume(volume)
+        check_finite("VolumeSDFField: volume", volume)
         return BoundSDFField(self, volume)
 
     def split_features(self, features: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -251,7 +253,8 @@ class BoundSDFField(AutogradSDFField):
             raise InputError(f"VolumeSDFField: points must be (R, S, 3) with R a multiple of the {B} scenes "
                              f"(rays scene-major), got {tuple(points.shape)}")
         R, S, _ = points.shape
-        sdf, carried = self.field.sdf_and_features(self.volume, points.reshape(B, (R // B) * S, 3))  # (B, N), (B, N, F)
+        sdf, carried = self.field.sdf_and_features(self.volume, points.reshape(B, (R // B) * S, 3),
+                                                   check_volume=False)  # (B, N), (B, N, F): checked by bind
         return sdf.reshape(R, S), carried.reshape(R, S, -1)
 
     def scene_features(self, points: Tensor, directions: Tensor, gradients: Tensor, carried: Tensor) -> Tensor:
