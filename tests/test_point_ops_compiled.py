@@ -49,10 +49,10 @@ def test_fps_same_picks_as_twin(dtype, grid):
 
 
 def test_fps_equals_brute_force_with_ties():
-    pts, off = clouds([9, 12], torch.float64, 1, grid=True)
-    got = farthest_point_sampling(pts, [9, 12], off).tolist()
+    pts, off = clouds([9, 45], torch.float64, 1, grid=True)  # 45: two full 16-lane blocks and a tail
+    got = farthest_point_sampling(pts, [9, 45], off).tolist()
     expect = []
-    for lo, hi in ((0, 9), (9, 21)):
+    for lo, hi in ((0, 9), (9, 54)):
         picks, dist = [lo], {j: float("inf") for j in range(lo, hi)}
         while len(picks) < hi - lo:
             for j in dist:
