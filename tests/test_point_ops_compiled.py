@@ -175,3 +175,17 @@ def test_results_do_not_depend_on_threads():
         torch.set_num_threads(before)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_without_the_kernel_the_twins_run(monkeypatch, tmp_path):
+    from renderssl.data import point_ops_compiled as ops
+
+    monkeypatch.setattr(ops, "SOURCE", tmp_path / "missing.cpp")
+    with pytest.warns(RuntimeWarning, match="using the torch twins"):
+        assert ops.point_kernel.__wrapped__() is None  # a failed build warns and returns None
+    pts, off = clouds([50, 60], torch.float32, 14)
+    expect = farthest_point_sampling(pts, 20, off), ball_query(0.4, 8, pts, off, pts, off)
+    monkeypatch.setattr(ops, "point_kernel", lambda: None)
+    assert not ops.usable(pts)
+    got = farthest_point_sampling(pts, 20, off), ball_query(0.4, 8, pts, off, pts, off)
+    assert all(torch.equal(a, b) for a, b in zip(got, expect))

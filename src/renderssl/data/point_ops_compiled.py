@@ -38,6 +38,10 @@ use), so ``data`` never imports from ``models``.
 Threads: at::parallel_for over clouds (FPS) and over centres / queries (ball query, 3-NN), so
 ``torch.set_num_threads`` applies. FPS has one task per cloud: with B clouds at most B threads help.
 
+Each kernel call runs inside a ``record_function`` range (``renderssl::fps_compiled`` etc.; ~1 us each
+when no profiler runs), so ``renderssl bench step`` lists the kernels by name instead of folding their
+time into the calling Python function.
+
 ``python -m renderssl.data.point_ops_compiled [--repeats N]`` prints the functions alone and the
 ``gs3_rgbd_tiny`` pretraining step, compiled vs torch twins, interleaved in one process.
 """
@@ -51,6 +55,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 SOURCE = Path(__file__).parent / "csrc" / "point_ops.cpp"
 _ENABLED = [True]  # switched off by torch_twins()
@@ -97,7 +102,8 @@ def fps_compiled(points: Tensor, counts: Tensor, samples: Tensor, first: Tensor)
     def long(t):
         return t.to(device="cpu", dtype=torch.int64).contiguous()
 
-    return point_kernel().fps(points.contiguous(), long(counts), long(samples), long(first))
+    with record_function("renderssl::fps_compiled"):
+        return point_kernel().fps(points.contiguous(), long(counts), long(samples), long(first))
 
 
 def _query_clouds(query_batch: Tensor, data_counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,15 +116,17 @@ def ball_query_compiled(radius: float, nsample: int, points: Tensor, data_counts
                         centre_batch: Tensor) -> Tensor:
     """(M, nsample) int64 flat indices, as pointnet2 ``ball_query`` (validated by the caller)."""
     qstart, qcount = _query_clouds(centre_batch, data_counts)
-    return point_kernel().ball_query(points.contiguous(), centres.to(points.dtype).contiguous(), qstart, qcount,
-                                     float(radius) ** 2, int(nsample))
+    with record_function("renderssl::ball_query_compiled"):
+        return point_kernel().ball_query(points.contiguous(), centres.to(points.dtype).contiguous(), qstart, qcount,
+                                         float(radius) ** 2, int(nsample))
 
 
 def three_nn_compiled(unknown: Tensor, unknown_batch: Tensor, known: Tensor, known_counts: Tensor) -> tuple[Tensor, Tensor]:
     """(N, 3) int64 flat indices into ``known`` of the 3 nearest by (d^2, index) and a (N, 3) bool mask of
     which exist, as pointnet2 ``_three_nn`` (validated by the caller)."""
     qstart, qcount = _query_clouds(unknown_batch, known_counts)
-    idx, exists = point_kernel().three_nn(known.contiguous(), unknown.to(known.dtype).contiguous(), qstart, qcount)
+    with record_function("renderssl::three_nn_compiled"):
+        idx, exists = point_kernel().three_nn(known.contiguous(), unknown.to(known.dtype).contiguous(), qstart, qcount)
     return idx, exists  # (N, 3), (N, 3)
 
 
@@ -212,6 +220,9 @@ def bench(preset: str = "gs3_rgbd_tiny", repeats: int = 7, threads: int = 1, log
     result["step"] = (_median(twin_s), _median(comp_s), ratio)
     log(f"  whole {preset} step: torch twins {_median(twin_s) * 1e3:8.1f} ms, compiled {_median(comp_s) * 1e3:7.1f} ms, "
         f"twin / compiled {ratio:5.2f}x (median of {repeats} interleaved pairs)")
+    share = [sum(result[k][i] for k in originals) / result["step"][i] for i in (0, 1)]
+    log(f"  sampling + grouping (the replayed calls) over the step: torch twins {100 * share[0]:.1f}%, "
+        f"compiled {100 * share[1]:.1f}%")
     return result
 
 
