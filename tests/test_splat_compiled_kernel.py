@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from renderssl.render.gaussians import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE
-from renderssl.render.splat_compiled import CompositeTilesCompiled, build_flags, compiled_kernel
+from renderssl.compiled import build_flags
+from renderssl.render.splat_compiled import CompositeTilesCompiled, compiled_kernel
 from renderssl.render.splat_tiles import _CompositeTiles, _tile_pixel_monomials, log_alpha_coefficients
 
 pytestmark = pytest.mark.skipif(compiled_kernel() is None, reason="no C++ compiler")

@@ -5,7 +5,8 @@ from renderssl import threads as threads_mod
 from renderssl.bench.machine import CpuSnapshot
 from renderssl.cli import parse_args
 from renderssl.errors import InputError
-from renderssl.threads import ThreadGovernor, ThreadRequest, auto_thread_count, resolve_request
+from renderssl.threads import (ThreadGovernor, ThreadRequest, auto_thread_count, auto_worker_count, resolve_request,
+                               resolve_workers)
 
 
 @pytest.fixture
@@ -16,8 +17,8 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("cores, busy, expected", [
-    (2, 0.0, 2), (2, 0.2, 2), (2, 0.5, 1), (2, 1.0, 1), (2, 2.0, 1),  # one core counts free below 75% use
-    (16, 3.0, 13), (16, 3.8, 12), (1, 0.0, 1), (2.5, 0.0, 2),  # a fractional cgroup quota rounds down
+    (2, 0.0, 2), (2, 0.45, 2), (2, 0.5, 2), (2, 0.51, 1), (2, 1.0, 1), (2, 2.0, 1),  # a core is free below 50% use
+    (16, 3.0, 13), (16, 3.6, 12), (1, 0.0, 1), (2.5, 0.0, 2),  # a fractional cgroup quota rounds down
 ])
 def test_auto_thread_count_by_hand(cores, busy, expected):
     assert auto_thread_count(cores, busy) == expected
@@ -104,3 +105,38 @@ def test_trainer_refits_the_threads_after_every_step(tmp_path):
     gov = Counting()
     Trainer(fx.RegressionMethod(cfg), fx.RegressionData(cfg), train, optim, threads=gov).fit()
     assert gov.calls == 5
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 0), (1.5, 0), (2, 1), (4, 1), (8, 2), (16, 4), (64, 8)])
+def test_auto_worker_count_by_hand(cores, expected):
+    assert auto_worker_count(cores) == expected
+
+
+def test_data_workers_auto_resolves_per_local_rank(monkeypatch):
+    from renderssl.train.config import DataConfig, from_dict
+
+    monkeypatch.setattr(threads_mod, "usable_cores", lambda: 16.0)
+    assert resolve_workers(3) == 3
+    assert resolve_workers("auto", {}) == 4
+    assert resolve_workers("auto", {"LOCAL_WORLD_SIZE": "2"}) == 2
+    assert DataConfig().workers == "auto" and from_dict(DataConfig, {"workers": 2}).workers == 2
+    for bad in (-1, "many"):
+        with pytest.raises(InputError):
+            from_dict(DataConfig, {"workers": bad})
+
+
+def test_live_children_count_as_this_process(tmp_path):
+    """A busy child (a DataLoader worker, say) is this process's CPU time, not other processes' load."""
+    import subprocess
+    import sys
+    import time
+
+    from renderssl.bench.machine import live_children_jiffies
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        time.sleep(1.0)
+        assert live_children_jiffies() >= 40  # >= 0.4 s of its ~1 s busy (10 ms jiffies), whatever else runs
+    finally:
+        child.kill()
+        child.wait()

@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images evaluated by the slow twin and the fast path, which must agree (0 = no check)")
     bnd.add_argument("--thresholds", type=int, default=99, help="threshold levels (the benchmark's 99)")
     bnd.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    bnd.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    bnd.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     bnd.set_defaults(handler=_bench_boundaries)
     return parser
 

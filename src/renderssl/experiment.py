@@ -190,6 +190,7 @@ def run_pretraining(cfg: ExperimentConfig, resume: bool = False, threads=None):
     """Pretrain (or resume) ``cfg`` and export its encoder to ``<out_dir>/encoder`` on rank 0; ``threads``, a
     :class:`~renderssl.threads.ThreadGovernor`, keeps torch's thread count fitted to the load while training."""
     from .data.build import is_image_source, split_manifest
+    from .threads import resolve_workers
     from .train import Trainer
     from .train.distributed import launcher_rank
 
@@ -197,8 +198,12 @@ def run_pretraining(cfg: ExperimentConfig, resume: bool = False, threads=None):
     method = build_method(cfg)
     dataset, collate = pretraining_data(cfg)
     validation = pretraining_data(cfg, "val") if cfg.train.val_every else None
+    workers = resolve_workers(cfg.data.workers)
+    if cfg.data.workers == "auto" and launcher_rank() == 0:
+        print(f"data: {workers} DataLoader worker{'s' if workers != 1 else ''} (data.workers=auto: from the usable cores; "
+              "data.workers=N to set)")
     trainer = Trainer(method, dataset, cfg.train, cfg.optim, collate_fn=collate, config_dict=config_dict(cfg),
-                      num_workers=cfg.data.workers, validation=validation, max_bad_fraction=cfg.data.max_bad_fraction,
+                      num_workers=workers, validation=validation, max_bad_fraction=cfg.data.max_bad_fraction,
                       threads=threads)
     manifest = split_manifest(cfg.data)
     if manifest is not None and launcher_rank() == 0:

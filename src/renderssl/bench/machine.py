@@ -15,7 +15,8 @@ Choices:
 - Other processes' busy fraction: over a sampling window (0.5 s by default), the non-idle jiffies of
   the usable CPUs' lines of ``/proc/stat`` (user + nice + system + irq + softirq + steal; guest time is
   already inside user) minus this process's own (utime + stime of ``/proc/self/stat``, all its
-  threads, + cutime + cstime, its finished child processes), divided by all the jiffies of those CPUs. 1.0 means the other processes kept every usable
+  threads, + cutime + cstime, its finished child processes, + the same of its running children such as
+  DataLoader workers), divided by all the jiffies of those CPUs. 1.0 means the other processes kept every usable
   core busy. While :func:`describe_machine` samples, this process sleeps, so the figure is the load the
   bench is about to meet. Jiffies are 10 ms, so a 0.5 s window on 2 cores resolves 1%. Linux only;
   elsewhere the line says "n/a".
@@ -91,10 +92,33 @@ def cpu_snapshot(cpus: list[int] | None = None) -> CpuSnapshot | None:
     """Jiffies now, or None where /proc is unreadable (not Linux)."""
     try:
         busy, total = parse_proc_stat(_PROC_STAT.read_text(), usable_cpus() if cpus is None else cpus)
-        own = parse_self_stat(_PROC_SELF_STAT.read_text())
+        own = parse_self_stat(_PROC_SELF_STAT.read_text()) + live_children_jiffies()
     except (OSError, ValueError, IndexError):
         return None
     return CpuSnapshot(busy, total, own, time.perf_counter())
+
+
+def live_children_jiffies(pid: int | None = None) -> int:
+    """utime + stime (+ their finished children's) of the running child processes of ``pid`` (this process),
+    e.g. DataLoader workers, listed by ``/proc/<pid>/task/<tid>/children``; 0 where that is unreadable. A
+    child that exits between two snapshots moves into the parent's cutime only once it is reaped."""
+    pid = os.getpid() if pid is None else pid
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total += parse_self_stat(Path(f"/proc/{child}/stat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+    return total
 
 
 def others_busy(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float, float] | None:

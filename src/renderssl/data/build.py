@@ -239,6 +239,7 @@ def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | 
     to it by ``data.resize``. A folder of plain images serves the image sample type only; ``recipe`` names
     the recipe in the error a recipe of another sample type gets for it. ``options``: the recipe's sample
     options (``Method.sample_options``), e.g. a multi-view recipe's view selection and target count."""
+    from ..threads import resolve_workers
     from .datasets import ImageDataset, MultiViewDataset, RGBDFrameDataset, collate_stacked
 
     size, resize = (cfg.height, cfg.width), cfg.resize
@@ -252,7 +253,7 @@ def sample_dataset(sample_type: str, cfg: DataConfig, split: str, recipe: str | 
         return ImageDataset(images, size=size, resize=resize), None
     scenes = load_split(cfg, split)
     # each DataLoader worker holds its own caches: the budget is shared among them
-    caches = {"cache_scenes": cfg.cache_scenes, "cache_mb": cfg.cache_mb / max(1, cfg.workers)}
+    caches = {"cache_scenes": cfg.cache_scenes, "cache_mb": cfg.cache_mb / max(1, resolve_workers(cfg.workers))}
     if sample_type == "rgbd":
         return RGBDFrameDataset(scenes, size=size, resize=resize, **caches), collate_stacked
     if sample_type == "image":

@@ -50,12 +50,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.profiler import record_function
+from ..compiled import load_extension
 
 SOURCE = Path(__file__).parent / "csrc" / "point_ops.cpp"
 _ENABLED = [True]  # switched off by torch_twins()
@@ -64,18 +64,8 @@ _ENABLED = [True]  # switched off by torch_twins()
 @functools.lru_cache(maxsize=1)
 def point_kernel():
     """The compiled extension module, or None when it cannot be built here."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        from ..render.splat_compiled import build_flags
-
-        suffix, flags = build_flags()
-        return load(name=f"renderssl_point_ops_{suffix}", sources=[str(SOURCE)],
-                    extra_cflags=[*flags, "-ffp-contract=off"], extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as err:  # no compiler, headers or permissions: fall back, never fail a step
-        warnings.warn(f"renderssl: compiled point sampling/grouping kernel unavailable ({type(err).__name__}: {err}); "
-                      "using the torch twins", RuntimeWarning, stacklevel=2)
-        return None
+    return load_extension("point_ops", SOURCE, "point sampling/grouping kernel", "the torch twins",
+                          extra_cflags=("-ffp-contract=off",))
 
 
 @contextlib.contextmanager

@@ -76,8 +76,8 @@ Thinning and suppression
     of the Gaussian-smoothed map (sigma 1).
 
 Parallelism
-    Images are independent: ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``, one
-    image per task) count them; the default (``workers=None``) is the usable cores
+    Images are independent: ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``, one image
+    per task; spawned, as a child forked after OpenMP threads ran can hang) count them; the default (``workers=None``) is the usable cores
     (``os.sched_getaffinity``; ``os.cpu_count`` where it does not exist), at most one per image.
     Results are identical for any ``workers``.
 
@@ -91,7 +91,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -102,6 +101,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from ..errors import InputError
+from ..compiled import load_extension
 
 MAX_DIST = 0.0075  # tolerance as a fraction of the image diagonal
 NUM_THRESHOLDS = 99
@@ -112,14 +112,8 @@ SOURCE = Path(__file__).parent / "csrc" / "boundary_match.cpp"
 @functools.lru_cache(maxsize=1)
 def compiled_module():
     """The compiled matcher / thinning module, or None (with a warning, once) when it cannot be built."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(name="renderssl_boundary_match", sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
-    except Exception as err:  # no compiler, headers or permissions: fall back to numpy/scipy
-        warnings.warn(f"renderssl: compiled boundary matcher unavailable ({type(err).__name__}: {err}); "
-                      "using scipy's maximum_bipartite_matching (slow on dense maps)", RuntimeWarning, stacklevel=2)
-        return None
+    return load_extension("boundary_match", SOURCE, "boundary matcher",
+                          "scipy's maximum_bipartite_matching (slow on dense maps)", isa=False)
 
 
 def _use_compiled(method: str, what: str) -> bool:
@@ -575,9 +569,11 @@ def evaluate_boundaries(
         method = "compiled" if _use_compiled("auto", "evaluate_boundaries") else "scipy"
     args = (maps, gt_maps, [levels] * n, [max_dist] * n, [thin] * n, [method] * n)
     if workers > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawned, not forked: a child forked from a process whose OpenMP threads have run can hang for good
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             counts = list(pool.map(image_counts, *args))
     else:
         counts = list(map(image_counts, *args))

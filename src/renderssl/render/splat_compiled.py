@@ -30,48 +30,18 @@ x86-64 target (SSE2, lane loops not vectorised) 6.4 / 8.2, against 8-10 for the 
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import torch
 
+from ..compiled import load_extension
+
 SOURCE = Path(__file__).parent / "csrc" / "composite_tiles.cpp"
-
-# ATen CPU capability -> compiler flags of that instruction-set level (x86-64 psABI levels, GCC >= 11 / clang >= 12).
-ISA_FLAGS = {
-    "avx512": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
-    "avx2": ["-march=x86-64-v3"],
-}
-
-
-def cpu_capability() -> str:
-    """ATen's CPU capability in lower case ('avx512', 'avx2', 'default', ...)."""
-    try:
-        return str(torch.backends.cpu.get_cpu_capability()).lower()
-    except Exception:  # older torch or an unknown platform: the compiler's default target
-        return "default"
-
-
-def build_flags(capability: str | None = None) -> tuple[str, list[str]]:
-    """(extension name suffix, extra compiler flags) for a CPU capability (default: this machine's)."""
-    cap = cpu_capability() if capability is None else capability
-    isa = ISA_FLAGS.get(cap, [])
-    return (cap if isa else "default"), ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *isa]
-
 
 @functools.lru_cache(maxsize=1)
 def compiled_kernel():
     """The compiled extension module, or None when it cannot be built here."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        suffix, flags = build_flags()
-        return load(name=f"renderssl_composite_tiles_{suffix}", sources=[str(SOURCE)], extra_cflags=flags,
-                    extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as err:  # no compiler, headers or permissions: fall back, never fail a render
-        warnings.warn(f"renderssl: compiled CPU splatting kernel unavailable ({type(err).__name__}: {err}); "
-                      "using the torch 'tiles' backend", RuntimeWarning, stacklevel=2)
-        return None
+    return load_extension("composite_tiles", SOURCE, "CPU splatting kernel", "the torch 'tiles' backend")
 
 
 class CompositeTilesCompiled(torch.autograd.Function):

@@ -37,7 +37,6 @@ use the torch twins.
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..compiled import load_extension
 from ..geometry import Cameras
 from .gaussians import Gaussians, Projected, project_gaussians
 
@@ -54,15 +54,7 @@ SOURCE = Path(__file__).parent / "csrc" / "project_bin.cpp"
 @functools.lru_cache(maxsize=1)
 def prepare_kernel():
     """The compiled extension module, or None when it cannot be built here."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(name="renderssl_project_bin", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as err:  # no compiler, headers or permissions: fall back, never fail a render
-        warnings.warn(f"renderssl: compiled CPU projection/binning kernel unavailable ({type(err).__name__}: {err}); "
-                      "using the torch twins", RuntimeWarning, stacklevel=2)
-        return None
+    return load_extension("project_bin", SOURCE, "CPU projection/binning kernel", "the torch twins", isa=False)
 
 
 def _supported(*tensors: Tensor) -> bool:

@@ -236,14 +236,6 @@ def _prepare_pairs(proj: Projected, tiles_x: int, tiles_y: int, max_per_tile: in
     return coef, gauss, starts, counts, active, overflow, biggest
 
 
-def _prepare_compiled(proj: Projected, tiles_x: int, tiles_y: int, max_per_tile: int):
-    """:func:`_prepare_pairs` by the compiled extension (render/splat_prepare_compiled.py), or None where
-    it cannot run (no compiler, not float CPU tensors)."""
-    from .splat_prepare_compiled import prepare_pairs_compiled
-
-    return prepare_pairs_compiled(proj, tiles_x, tiles_y, max_per_tile)
-
-
 def _rasterize_tiles(
     proj: Projected, colors: Tensor, cameras: Cameras, max_per_tile: int, depth_chunk: int = 64, compiled: bool = False
 ) -> tuple[Tensor, Tensor, int, int]:
@@ -252,7 +244,11 @@ def _rasterize_tiles(
     G = B * V * N
     tiles_x, tiles_y = -(-cameras.width // TILE), -(-cameras.height // TILE)
     T_all = B * V * tiles_x * tiles_y
-    prepared = _prepare_compiled(proj, tiles_x, tiles_y, max_per_tile) if compiled else None
+    prepared = None
+    if compiled:  # the C++ twin of _prepare_pairs; None where it cannot run (no compiler, not float CPU tensors)
+        from .splat_prepare_compiled import prepare_pairs_compiled
+
+        prepared = prepare_pairs_compiled(proj, tiles_x, tiles_y, max_per_tile)
     coef, gauss, starts, counts, active, overflow, biggest = prepared or _prepare_pairs(proj, tiles_x, tiles_y, max_per_tile)
     # colors (B, N, D) or per camera (B, V, N, D): each (scene, camera, Gaussian) gets its camera's colour.
     values = torch.cat([view_colors(colors, V), proj.depths[..., None]], dim=-1).reshape(G, D + 1)

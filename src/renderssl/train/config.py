@@ -169,13 +169,13 @@ class DataConfig:
     split_by: str = "auto"  # scenes | frames (train/val/test frames within each scene) | auto (frames when too few scenes)
     pretrain_scenes: int | None = None  # synthetic: size of the unlabelled pretraining pool (None = the train split)
     pretrain_source: str | None = None  # folder source: a separate folder of unlabelled pretraining scenes
-    workers: int = 0  # DataLoader worker processes decoding samples in parallel
+    workers: int | Literal["auto"] = "auto"  # DataLoader worker processes; auto: from the usable cores (renderssl.threads)
     cache_scenes: int = 64  # opened scenes kept per process (bounded LRU)
     cache_mb: float = 512.0  # decoded frames kept per process, in MB (bounded LRU; split among workers)
     max_bad_fraction: float = 0.05  # stop when more than this fraction of sample reads fail
 
     def __post_init__(self):
-        if self.workers < 0 or self.cache_scenes < 1 or self.cache_mb < 0:
+        if (self.workers != "auto" and self.workers < 0) or self.cache_scenes < 1 or self.cache_mb < 0:
             raise InputError(f"workers and cache_mb must be >= 0 and cache_scenes >= 1, got {self.workers}, {self.cache_mb}, {self.cache_scenes}")
         if self.pretrain_scenes is not None and self.pretrain_scenes < 1:
             raise InputError(f"pretrain_scenes must be >= 1 or null, got {self.pretrain_scenes}")
