@@ -340,7 +340,8 @@ def test_fast_path_scores_identical_to_twin_and_workers():
     assert (slow["ods"], slow["ois"], slow["ap"]) == (fast["ods"], fast["ois"], fast["ap"])
     assert fast["workers"] == 2 and slow["workers"] == 1
     assert evaluate_boundaries(maps[:1], gts[:1], thresholds=5)["workers"] == 1  # never more than the images
-    assert evaluate_boundaries(maps, gts, thresholds=5)["workers"] == min(usable_cores(), 3)  # default: the usable cores
+    assert evaluate_boundaries(maps, gts, thresholds=5)["workers"] == 1  # default: one process
+    assert evaluate_boundaries(maps, gts, thresholds=5, workers=None)["workers"] == min(usable_cores(), 3)  # the usable cores
     with pytest.raises(InputError, match="method"):
         evaluate_boundaries(maps, gts, method="fast")
     with pytest.raises(InputError, match="workers"):

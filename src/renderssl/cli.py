@@ -285,7 +285,7 @@ def _demo(args) -> None:
 
 
 THREADS_HELP = ("torch threads (default 0: RENDERSSL_THREADS, else OMP_NUM_THREADS, else chosen from the usable cores "
-                "and their load, re-chosen while training)")
+                "and their load at start, and re-chosen every 5 s while pretraining)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -536,19 +536,9 @@ def pretraining_batch(cfg: ExperimentConfig, step: int) -> tuple[dict, float]:
     """One collated batch (the first ``train.batch_size`` samples) of ``cfg``'s pretraining data with the
     dataset at schedule step ``step``, and the seconds a second build of it took (samples + collate, scenes
     cached)."""
-    from torch.utils.data import default_collate
+    from .step_memory import first_batch_builder
 
-    from ..experiment import pretraining_data
-
-    dataset, collate = pretraining_data(cfg)
-    if len(dataset) < cfg.train.batch_size:
-        raise InputError(f"bench step: {cfg.method} has {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
-    if hasattr(dataset, "set_step"):
-        dataset.set_step(step, cfg.train.steps)
-
-    def build():
-        return (collate or default_collate)([dataset[i] for i in range(cfg.train.batch_size)])
-
+    build = first_batch_builder(cfg, step, bench="bench step")
     build()
     start = time.perf_counter()
     batch = build()
@@ -668,9 +658,3 @@ def format_table(result: dict) -> str:
                          f"{t.gflops:.1f} | {100 * t.gflops / peak:.1f}% | {_pct(t.render_share)} | "
                          f"{r.data_seconds * 1000:.1f} |")
     return "\n".join(lines)
-
-
-def format_step_bench(result: dict) -> str:
-    """Every recipe's block, then the table."""
-    head = f"training step on {result['device']} ({result['threads']} threads); fp32 matmul peak {result['peak_gflops']:.1f} GFLOP/s"
-    return "\n".join([head, *(format_recipe(r, result["peak_gflops"]) for r in result["recipes"]), "", format_table(result)])

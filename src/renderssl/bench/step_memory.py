@@ -123,12 +123,19 @@ def bench_config(preset: str, overrides: list[str], scratch: Path) -> tuple[Expe
     return load_experiment(preset, [*overrides, *extra]), bool(missing)
 
 
-def first_batch(cfg: ExperimentConfig) -> dict:
+def first_batch_builder(cfg: ExperimentConfig, step: int | None = None, bench: str = "bench memory"):
+    """A function collating the first ``train.batch_size`` samples of ``cfg``'s pretraining data, the
+    dataset told schedule step ``step`` (curricula) when given; one dataset, so later calls hit its caches."""
     dataset, collate = pretraining_data(cfg)
     if len(dataset) < cfg.train.batch_size:
-        raise InputError(f"bench memory: {cfg.method} has {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
-    samples = [dataset[i] for i in range(cfg.train.batch_size)]
-    return (collate or default_collate)(samples)
+        raise InputError(f"{bench}: {cfg.method} has {len(dataset)} pretraining samples, fewer than one batch ({cfg.train.batch_size})")
+    if step is not None and hasattr(dataset, "set_step"):
+        dataset.set_step(step, cfg.train.steps)
+    return lambda: (collate or default_collate)([dataset[i] for i in range(cfg.train.batch_size)])
+
+
+def first_batch(cfg: ExperimentConfig) -> dict:
+    return first_batch_builder(cfg)()
 
 
 def measure_step_memory(preset: str, overrides: list[str] = (), device: str = "cpu", repeats: int = 2) -> StepMemory:

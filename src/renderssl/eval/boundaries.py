@@ -77,9 +77,11 @@ Thinning and suppression
 
 Parallelism
     Images are independent: ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``, one image
-    per task; spawned, as a child forked after OpenMP threads ran can hang) count them; the default (``workers=None``) is the usable cores
-    (``os.sched_getaffinity``; ``os.cpu_count`` where it does not exist), at most one per image.
-    Results are identical for any ``workers``.
+    per task; spawned, as a child forked after OpenMP threads ran can hang) count them. ``workers=None``
+    is the usable cores (affinity, cgroup quota; :mod:`renderssl.threads`), at most one per image: the
+    default of :func:`evaluate_folder` (a test set) and ``renderssl bench boundaries``;
+    :func:`evaluate_boundaries` defaults to 1 (a few frames do not pay for spawning). Results are
+    identical for any ``workers``.
 
 Files (:func:`evaluate_folder`)
     Predictions are PNGs (8-bit divided by 255, 16-bit by 65535; colour converted to luminance),
@@ -90,7 +92,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -129,11 +130,10 @@ def _use_compiled(method: str, what: str) -> bool:
 
 
 def usable_cores() -> int:
-    """CPUs this process may run on (affinity; ``os.cpu_count`` where affinity does not exist)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """Whole cores this process may use (affinity, capped by a cgroup CPU quota), at least 1."""
+    from ..threads import usable_cores as cores
+
+    return max(1, math.floor(cores()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ def evaluate_boundaries(
     max_dist: float = MAX_DIST,
     thin: bool = True,
     names: Sequence[str] | None = None,
-    workers: int | None = None,
+    workers: int | None = 1,
     method: str = "auto",
 ) -> dict:
     """BSDS boundary scores of soft edge maps (H, W) in [0, 1] against per-image annotator lists.

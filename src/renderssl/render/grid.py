@@ -147,7 +147,7 @@ def gather_corners(volume: Tensor, flat_index: Tensor) -> Tensor:
 # weights w (B*N, 8), the lookup is out = interp(w, T) with
 #   interp(w, T)[n]    = sum_k w[n, k] T[f[n, k]]                    (B*N, C)   embedding_bag, mode "sum"
 #   corner_dot(g, T)   = <g[n], T[f[n, k]]>                          (B*N, 8)   row gather + bmm
-#   splat(w, g)[m]     = sum_{(n, k): f[n, k] = m} w[n, k] g[n]      (B*M, C)   8 index_add_ (one per corner)
+#   splat(w, g)[m]     = sum_{(n, k): f[n, k] = m} w[n, k] g[n]      (B*M, C)   embedding_bag over the pairs grouped by row
 # Each is bilinear, and the derivatives of each are the other two:
 #   interp:     d/dw = corner_dot(g, T),  d/dT = splat(w, g)
 #   corner_dot: d/dg = interp(h, T),      d/dT = splat(h, g)
@@ -297,7 +297,7 @@ def trilinear_lookup(volume: Tensor, points: Tensor, padding_mode: str = "border
 def trilinear_lookup_twin(volume: Tensor, points: Tensor, padding_mode: str = "border") -> Tensor:
     """The readable twin of :func:`trilinear_lookup` (its former implementation): the 8 corners gathered
     channels-first (B, C, N, 8), multiplied by the weights and summed, every op differentiated by autograd.
-    Same values and derivatives of every order to round-off; several times slower (tests/test_grid.py)."""
+    Same values and derivatives of every order to round-off; several times slower (tests/test_grid_fast.py)."""
     _check_lookup_inputs(volume, points, padding_mode)
     flat_index, weights = _lookup_setup(volume, points, padding_mode)  # (B, N, 8), (B, N, 8)
     values = gather_corners(volume, flat_index)  # (B, C, N, 8)
