@@ -3,8 +3,8 @@ re-chosen while training as the load changes.
 
 Why: torch's intra-op threads meet at a barrier at the end of every parallel region, so a step runs at
 the pace of its slowest thread. When another process holds one of two cores, one of two torch threads
-waits for its time slice at every barrier: a ``renderssl demo`` pretraining step took 4-12 s with two
-threads against 0.67 s idle, and one thread ran the same step 3.6-4.5x faster than two.
+waits for its time slice at every barrier: a ``renderssl demo`` pretraining step took 2.2 s with two
+threads against 0.68 s idle (4-12 s under heavier load), and one thread ran it in 1.06 s.
 
 Where the count comes from, first match wins (:meth:`ThreadGovernor.from_sources`):
 
@@ -23,10 +23,10 @@ The policy (:func:`auto_thread_count`), and what we measured to set it:
 - usable cores: the CPUs of this process's affinity (``os.sched_getaffinity``), capped by a cgroup v2
   CPU quota where one is set (:mod:`renderssl.bench.machine`);
 - load: the cores' worth of CPU time other processes used over the window (the usable CPUs' busy
-  jiffies of ``/proc/stat`` minus this process's own; its own threads' spinning does not count);
-- load: this process's DataLoader workers count as its own (they run its work), not as other processes';
-- threads = max(1, min(floor(usable), floor(usable - busy + SLACK))): a core counts as free while other processes use less
-  than ``1 - SLACK`` of it. SLACK = 0.5 comes from the demo's step times under a competing process that
+  jiffies of ``/proc/stat`` minus this process's own, its DataLoader workers included; its own
+  threads' spinning does not count);
+- threads = max(1, min(floor(usable), floor(usable - busy + SLACK))): a core counts as free while other
+  processes use less than ``1 - SLACK`` of it. SLACK = 0.5 comes from the demo's step times under a competing process that
   keeps one core busy a given fraction of the time (docs/results/2026-11-30-speed.md): two threads were
   faster up to a competitor at 50% of a core, one thread from 75%.
 - Under torchrun (``LOCAL_WORLD_SIZE`` > 1) the ranks on a machine share it: each takes
