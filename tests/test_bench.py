@@ -264,17 +264,17 @@ def _busy(seconds: float, fn) -> int:
 
 def test_profile_shares_match_separately_timed_matmul_and_elementwise_work():
     a, b = torch.randn(256, 256), torch.randn(256, 256)
-    x = torch.randn(400_000)
+    x, y = torch.randn(400_000), torch.empty(400_000)  # exp into y: no allocation (page faults) to vary
     # independent reference: time each kind of work alone with a clock, then profile a step of both
     mm_s = min(_timed(lambda: a @ b) for _ in range(20))
-    exp_s = min(_timed(lambda: torch.exp(x)) for _ in range(20))
+    exp_s = min(_timed(lambda: torch.exp(x, out=y)) for _ in range(20))
     k_mm, k_exp = max(1, round(0.02 / mm_s)), max(1, round(0.02 / exp_s))  # ~20 ms of each per step
 
     def step(i):
         for _ in range(k_mm):
             a @ b
         for _ in range(k_exp):
-            torch.exp(x)
+            torch.exp(x, out=y)
 
     p = step_bench.profile_steps(step, steps=3)
     expected = k_mm * mm_s / (k_mm * mm_s + k_exp * exp_s)
@@ -380,8 +380,9 @@ def test_time_methods_takes_any_batch_the_given_optimizer_and_the_schedule():
     method = _ScheduledMethod()
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     batch = {"points": torch.randn(5, 3), "offset": torch.tensor([5])}
-    [t] = time_methods({"m": method}, batch, warmup=1, repeats=2, optimizers={"m": opt}, schedule=(150, 300), profile=1)
-    assert len(t.step_seconds) == 2 and t.render_seconds is None and t.batch == 5
+    [t] = time_methods({"m": method}, batch, warmup=1, repeats=2, optimizers={"m": opt}, schedule=(150, 300), profile=1,
+                       batch_size=1)  # one cloud of 5 points
+    assert len(t.step_seconds) == 2 and t.render_seconds is None and t.batch == 1
     assert method.seen == [(150, 300, ["offset", "points"])] * (1 + 1 + 2 + 1)  # FLOPs, warm-up, timed, profiled
     assert not torch.equal(method.w.detach(), torch.ones(3))  # the given SGD stepped it
     assert t.profile is not None and t.profile.steps == 1 and t.profile.total > 0

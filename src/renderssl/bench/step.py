@@ -438,19 +438,13 @@ class _Runner:
     renders: list[float] = field(default_factory=list)
 
 
-def _batch_size(batch) -> int:
-    for v in (batch.values() if isinstance(batch, dict) else [batch]):
-        if isinstance(v, torch.Tensor):
-            return int(v.shape[0])
-    return 0
-
-
 def time_methods(methods: dict[str, torch.nn.Module], batch, warmup: int, repeats: int,
                  optimizers: dict[str, torch.optim.Optimizer] | None = None, schedule: tuple[int, int] | None = None,
-                 profile: int = 0, sites: bool = False) -> list[StepTiming]:
+                 profile: int = 0, sites: bool = False, batch_size: int | None = None) -> list[StepTiming]:
     """Interleaved training steps of ``methods`` (one step of each per round) on the same batch.
 
-    ``batch``: the collated batch on the device, or a (B, 3, H, W) image tensor (``{"image": images}``).
+    ``batch``: the collated batch on the device, or a (B, 3, H, W) image tensor (``{"image": images}``);
+    ``batch_size``: its samples (default: B of the image tensor; a packed point batch has no such axis).
     ``optimizers``: by name, default AdamW(lr 1e-4, betas (0.9, 0.95), weight decay 0.05) for a missing
     one. ``schedule``: (step, total) given to every step's ``StepContext``; default step i + 1 of
     ``repeats``. ``profile`` > 0: that many more steps of each method under :func:`profile_steps`
@@ -464,6 +458,7 @@ def time_methods(methods: dict[str, torch.nn.Module], batch, warmup: int, repeat
     if warmup < 0 or profile < 0:
         raise InputError(f"time_methods: warmup and profile must be >= 0, got {warmup} and {profile}")
     if isinstance(batch, torch.Tensor):
+        batch_size = batch.shape[0] if batch_size is None else batch_size
         batch = {"image": batch}
     device = next((v.device for v in batch.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
     optimizers = optimizers or {}
@@ -503,7 +498,7 @@ def time_methods(methods: dict[str, torch.nn.Module], batch, warmup: int, repeat
         for k, r in enumerate(runners):
             profiles[k] = profile_steps(lambda i, r=r: _step(r, batch, first + i, repeats, schedule, phases=True),
                                         profile, device, sites=sites)
-    return [StepTiming(r.name, _batch_size(batch), r.steps, f, r.renders if r.timer is not None else None, p)
+    return [StepTiming(r.name, batch_size or 0, r.steps, f, r.renders if r.timer is not None else None, p)
             for r, f, p in zip(runners, flops, profiles)]
 
 
@@ -576,12 +571,10 @@ def bench_recipe(preset: str, overrides: list[str] = (), device: str = "cpu", wa
     if cfg.method == "gmae":
         methods["mae (same encoder and decoder)"] = mae_twin(cfg)
     timings = time_methods(methods, batch, warmup, repeats, optimizers, schedule=(step, cfg.train.steps),
-                           profile=profile, sites=sites)
+                           profile=profile, sites=sites, batch_size=cfg.train.batch_size)
     ratio = None
     if cfg.method == "gmae":
         ratio = statistics.median(a / b for a, b in zip(timings[0].step_seconds, timings[1].step_seconds))
-    for t in timings:
-        t.batch = cfg.train.batch_size
     return RecipeBench(preset, cfg.method, (cfg.data.height, cfg.data.width), data_seconds,
                        f"{type(optimizer).__name__} as the trainer builds it", timings, ratio, stand_in)
 
