@@ -4,7 +4,7 @@ re-chosen while training as the load changes.
 Why: torch's intra-op threads meet at a barrier at the end of every parallel region, so a step runs at
 the pace of its slowest thread. When another process holds one of two cores, one of two torch threads
 waits for its time slice at every barrier: a ``renderssl demo`` pretraining step took 2.2 s with two
-threads against 0.68 s idle (4-12 s under heavier load), and one thread ran it in 1.06 s.
+threads against 0.68 s idle (issue 14 saw 4-12 s under other loads), and one thread ran it in 1.06 s.
 
 Where the count comes from, first match wins (:meth:`ThreadGovernor.from_sources`):
 
