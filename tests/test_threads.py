@@ -119,6 +119,9 @@ def test_data_workers_auto_resolves_per_local_rank(monkeypatch):
     assert resolve_workers(3) == 3
     assert resolve_workers("auto", {}) == 4
     assert resolve_workers("auto", {"LOCAL_WORLD_SIZE": "2"}) == 2
+    assert resolve_workers("auto", {"RENDERSSL_WORKERS": "0"}) == 0 and resolve_workers(2, {"RENDERSSL_WORKERS": "0"}) == 2
+    with pytest.raises(InputError, match="RENDERSSL_WORKERS"):
+        resolve_workers("auto", {"RENDERSSL_WORKERS": "-1"})
     assert DataConfig().workers == "auto" and from_dict(DataConfig, {"workers": 2}).workers == 2
     for bad in (-1, "many"):
         with pytest.raises(InputError):

@@ -38,7 +38,9 @@ DataLoader workers (``data.workers: auto``, :func:`resolve_workers`): none on on
 usable cores (per local rank under torchrun), at least 1 and at most 8, fixed for the run. On this
 2-core machine one worker made the demo's step 6% faster idle (0.638 against 0.678 s, 2 threads) and 11%
 faster with a competing process (0.939 against 1.058 s, 1 thread): the synthetic scenes are generated
-while the step runs. Above 2 cores the rule is our choice, not measured.
+while the step runs. Above 2 cores the rule is our choice, not measured. A worker costs a few seconds
+to start and stop (a short test run of 20 steps took ~3 s longer), so ``RENDERSSL_WORKERS=N`` sets what
+``auto`` means (the test suite uses 0).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from .bench.machine import cgroup_cpu_quota, cpu_snapshot, others_busy, usable_c
 from .errors import InputError
 
 ENV_VAR = "RENDERSSL_THREADS"
+WORKERS_ENV_VAR = "RENDERSSL_WORKERS"  # data.workers=auto's count where set (tests: 0)
 SLACK = 0.5  # a core counts as free while other processes use less than 1 - SLACK of it (measured, see above)
 INTERVAL_SECONDS = 5.0  # auto: how often the load is re-sampled while training
 START_WINDOW_SECONDS = 0.25  # auto: the load sample taken before the first step
@@ -82,9 +85,15 @@ def _local_ranks(environ: Mapping[str, str]) -> int:
 
 
 def resolve_workers(workers: int | str, environ: Mapping[str, str] = os.environ) -> int:
-    """``data.workers``: a count as it is, ``auto`` from the usable cores shared by the local ranks."""
+    """``data.workers``: a count as it is; ``auto``: ``RENDERSSL_WORKERS`` when set, else from the usable cores
+    shared by the local ranks."""
     if workers != "auto":
         return int(workers)
+    if environ.get(WORKERS_ENV_VAR, "").strip():
+        raw = environ[WORKERS_ENV_VAR]
+        if not raw.strip().isdigit():
+            raise InputError(f"{WORKERS_ENV_VAR}={raw!r}: expected a worker count >= 0")
+        return int(raw)
     return auto_worker_count(usable_cores() / _local_ranks(environ))
 
 
