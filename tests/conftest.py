@@ -21,3 +21,20 @@ def one_thread():
             os.environ.pop(k)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True, scope="session")
+def compiled_extensions():
+    """Build the C++ extensions side by side at the start (each takes ~30 s alone the first time; the
+    tests that use them would otherwise build them one after another)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderssl.data.point_ops_compiled import point_kernel
+    from renderssl.eval.boundaries import compiled_module
+    from renderssl.render.splat_compiled import compiled_kernel
+    from renderssl.render.splat_prepare_compiled import prepare_kernel
+
+    builds = (compiled_kernel, prepare_kernel, point_kernel, compiled_module)
+    with ThreadPoolExecutor(len(builds)) as pool:
+        list(pool.map(lambda build: build(), builds))
+
